@@ -1,0 +1,1 @@
+"""comalite: Compression-then-Matching multimodal embeddings, small enough to read."""

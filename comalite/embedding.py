@@ -1,0 +1,79 @@
+"""From hidden states to embeddings: pooling over the compression tokens, and the embedding model.
+
+Every input (query or candidate, image, text or both) ends with the K compression tokens; its embedding
+is the mean of their last-layer hidden states, L2-normalised (the paper's training default). The LM head
+is never computed. ``pooling="last"`` takes the last token instead (what the public eval script did).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .backbone import Backbone
+from .records import EmbedInput
+from .sequence import COMPRESS, PAD, collate, embed_example
+
+
+def pool(hidden: torch.Tensor, roles: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """(B, L, H) hidden states -> (B, H) unit vectors, from the compression positions (or the last token)."""
+    roles = roles.to(hidden.device)
+    if pooling == "mean":
+        weights = (roles == COMPRESS).to(hidden.dtype)
+        if not bool((weights.sum(1) > 0).all()):
+            raise ValueError("an input has no compression token to pool: was it built with embed_example?")
+        pooled = (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+    elif pooling == "last":
+        # The last non-padding position, wherever the padding sits.
+        positions = torch.arange(roles.shape[1], device=hidden.device).expand_as(roles)
+        last = torch.where(roles != PAD, positions, -1).max(1).values
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    else:
+        raise ValueError(f"pooling must be 'mean' or 'last', not {pooling!r}")
+    return F.normalize(pooled.float(), dim=-1)
+
+
+def encode(backbone: Backbone, inputs: list[EmbedInput], pooling: str = "mean") -> torch.Tensor:
+    """Embeddings (n, H) of ``inputs`` in one padded batch, with grad if grad is enabled (training)."""
+    examples = [embed_example(backbone.processor, item) for item in inputs]
+    batch = collate(examples, backbone.processor.tokenizer.pad_token_id, pad_side="left")
+    return pool(backbone.hidden_states(batch), batch["roles"], pooling)
+
+
+class EmbeddingModel:
+    """A backbone used as an embedding model: ``embed(list[EmbedInput]) -> (n, H)`` float32 unit rows.
+
+    ``name`` identifies it in evaluation caches and tables. Load a trained one with ``load``.
+    """
+
+    def __init__(self, backbone: Backbone, name: str, *, pooling: str = "mean", batch_size: int = 16):
+        self.backbone, self.name, self.pooling, self.batch_size = backbone, name, pooling, batch_size
+
+    @classmethod
+    def load(cls, result_dir: str | Path, *, name: str | None = None, pooling: str | None = None,
+             batch_size: int = 16, **model_overrides) -> "EmbeddingModel":
+        """Load a stage-1 or stage-2 result folder (``comalite.result``) for embedding."""
+        from .result import load_result, model_config_of, read_result
+
+        result_dir = Path(result_dir)
+        settings = read_result(result_dir).get("settings", {})
+        backbone = load_result(result_dir, model_cfg=model_config_of(result_dir, **model_overrides))
+        return cls(backbone.eval(), name or result_dir.name, pooling=pooling or settings.get("pooling", "mean"),
+                   batch_size=batch_size)
+
+    @torch.no_grad()
+    def embed(self, inputs: list[EmbedInput], *, progress: bool = False) -> np.ndarray:
+        self.backbone.eval()
+        chunks = range(0, len(inputs), self.batch_size)
+        out = [encode(self.backbone, inputs[i:i + self.batch_size], self.pooling).cpu()
+               for i in tqdm(chunks, desc=f"embed {self.name}", disable=not progress)]
+        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return self.embed([EmbedInput(text=t) for t in texts])
+
+    def embed_images(self, paths: list[str], instruction: str = "<|image_1|> Represent the given image.") -> np.ndarray:
+        return self.embed([EmbedInput(text=instruction, image=str(p)) for p in paths])

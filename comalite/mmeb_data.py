@@ -1,0 +1,391 @@
+"""Read and write files in the MMEB schema (and the stage-1 dialogue jsonl).
+
+The same readers load the real benchmark (TIGER-Lab/MMEB-train, TIGER-Lab/MMEB-eval) and ShapesWorld, so
+a format bug shows up on both. Every malformed row raises ``DataFormatError`` naming the file, the row and
+the field: a silently misread file would give chance-level scores instead of an error.
+
+Layouts (as on the Hugging Face hub; images live in a separate folder, paths in files are relative to it):
+
+    MMEB-train/<Subset>/original-00000-of-00001.parquet   qry, qry_image_path, pos_text, pos_image_path,
+                                                          [neg_text, neg_image_path]
+    MMEB-eval/<Dataset>/test-00000-of-00001.parquet       qry_text, qry_img_path, tgt_text: list,
+                                                          tgt_img_path: list (candidate 0 is the truth)
+
+An empty image path means "no image". Records hold absolute image paths.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from comalite.records import (
+    IMAGE_PLACEHOLDER,
+    Dialogue,
+    EmbedInput,
+    EvalDataset,
+    EvalQuery,
+    TrainPair,
+    Turn,
+)
+
+TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
+EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
+_OPTIONAL_TRAIN_COLUMNS = ("neg_text", "neg_image_path")
+
+
+class DataFormatError(ValueError):
+    """A data file that cannot be used as is; the message names the file, row, field and the fix."""
+
+
+def _error(file, row, field: str, problem: str, fix: str) -> DataFormatError:
+    where = f"{file}, row {row}" if row is not None else f"{file}"
+    return DataFormatError(f"{where}, field '{field}': {problem}. {fix}")
+
+
+# ----------------------------------------------------------------------------- reading rows
+
+
+def _data_files(path: Path, split: str) -> list[Path]:
+    """The file itself, or the ``<split>*.parquet`` (else ``<split>*.jsonl``) files of a folder, sorted."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(path.glob(f"{split}*.parquet")) or sorted(path.glob(f"{split}*.jsonl"))
+        if files:
+            return files
+        raise DataFormatError(
+            f"{path}: no '{split}*.parquet' or '{split}*.jsonl' file in this folder. "
+            f"Check the split name or download the files into it."
+        )
+    raise DataFormatError(f"{path}: no such file or folder. Check the path or download the data first.")
+
+
+def _read_rows(file: Path) -> list[dict]:
+    """All rows of one parquet or jsonl file as dicts."""
+    if file.suffix == ".jsonl":
+        rows = []
+        with open(file, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataFormatError(f"{file}, line {line_no}: not valid JSON ({e}). Fix or remove the line.")
+                if not isinstance(row, dict):
+                    raise DataFormatError(f"{file}, line {line_no}: expected a JSON object. Fix or remove the line.")
+                rows.append(row)
+        return rows
+    try:
+        return pq.read_table(file).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise DataFormatError(f"{file}: not a readable parquet file ({e}). Re-download or rewrite it.")
+
+
+def _text(row: dict, field: str, file, i, *, optional: bool = False) -> str:
+    """A string column; parquet nulls read as ""."""
+    if field not in row:
+        if optional:
+            return ""
+        raise _error(file, i, field, "column missing", f"The file needs the columns {_columns_hint(field)}.")
+    value = row[field]
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _error(file, i, field, f"expected a string, got {type(value).__name__}", "Rewrite the column as text.")
+    return value
+
+
+def _text_list(row: dict, field: str, file, i) -> list[str]:
+    """A list-of-strings column (a candidate list); null items read as ""."""
+    if field not in row:
+        raise _error(file, i, field, "column missing", f"The file needs the columns {_columns_hint(field)}.")
+    value = row[field]
+    if not isinstance(value, (list, tuple)):
+        raise _error(file, i, field, f"expected a list, got {type(value).__name__}", "Store one list per row.")
+    if not all(v is None or isinstance(v, str) for v in value):
+        raise _error(file, i, field, "expected a list of strings", "Store the candidates as text.")
+    return ["" if v is None else v for v in value]
+
+
+def _columns_hint(field: str) -> str:
+    """The required columns of the schema (train or eval) that ``field`` belongs to."""
+    return ", ".join(EVAL_COLUMNS if field in EVAL_COLUMNS else TRAIN_COLUMNS[:4])
+
+
+def _image(rel: str, image_root: str, known: dict[str, bool], file, i, field: str) -> str | None:
+    """The absolute path of an image named relative to ``image_root`` ("" = no image); it must exist.
+
+    ``known`` caches existence checks: eval candidates (class images, crops) repeat across thousands of rows.
+    """
+    if not rel:
+        return None
+    path = os.path.normpath(os.path.join(image_root, rel))
+    if path not in known:
+        known[path] = os.path.isfile(path)
+    if not known[path]:
+        raise _error(
+            file, i, field, f"image '{rel}' not found under {image_root}",
+            "Pass the folder the image paths are relative to as image_root, or unpack the images there.",
+        )
+    return path
+
+
+def _embed_input(text: str, image: str | None, file, i, text_field: str) -> EmbedInput:
+    # A placeholder with no image would tokenise into an empty vision span: fail now, not at train time.
+    if IMAGE_PLACEHOLDER in text and image is None:
+        raise _error(
+            file, i, text_field, f"text holds {IMAGE_PLACEHOLDER} but the row has no image path",
+            "Give the image path or remove the placeholder.",
+        )
+    return EmbedInput(text=text, image=image)
+
+
+# ----------------------------------------------------------------------------- MMEB-train
+
+
+def read_train_subset(path, image_root, *, subset: str | None = None, limit: int | None = None,
+                      split: str = "original") -> list[TrainPair]:
+    """Read one MMEB-train-schema subset (a parquet/jsonl file, or a folder of ``<split>*`` files).
+
+    ``limit`` keeps the first N rows (VLM2Vec's per-subset caps). ``subset`` defaults to the folder name,
+    or to the file stem unless the stem is just a split shard name (``original-00000-of-00001``).
+    Raises DataFormatError on a missing column, an empty query/positive or a missing image.
+    """
+    path = Path(path)
+    if subset is None:
+        if path.is_dir():
+            subset = path.name
+        elif path.stem.startswith(split):  # a shard of the HF layout: the folder names the subset
+            subset = path.parent.name
+        else:
+            subset = path.stem
+    image_root = os.path.abspath(image_root)
+    known: dict[str, bool] = {}
+    pairs: list[TrainPair] = []
+    for file in _data_files(path, split):
+        for i, row in enumerate(_read_rows(file)):
+            if limit is not None and len(pairs) >= limit:
+                return pairs
+            query = _embed_input(_text(row, "qry", file, i),
+                                 _image(_text(row, "qry_image_path", file, i), image_root, known, file, i,
+                                        "qry_image_path"), file, i, "qry")
+            positive = _embed_input(_text(row, "pos_text", file, i),
+                                    _image(_text(row, "pos_image_path", file, i), image_root, known, file, i,
+                                           "pos_image_path"), file, i, "pos_text")
+            for field, item in (("qry", query), ("pos_text", positive)):
+                if not item.text.strip() and item.image is None:
+                    raise _error(file, i, field, "empty: neither text nor image",
+                                 "Drop the row or fill in the text/image path.")
+            neg_text = _text(row, "neg_text", file, i, optional=True)
+            neg_rel = _text(row, "neg_image_path", file, i, optional=True)
+            negative = None
+            if neg_text or neg_rel:
+                negative = _embed_input(neg_text, _image(neg_rel, image_root, known, file, i, "neg_image_path"),
+                                        file, i, "neg_text")
+            pairs.append(TrainPair(query=query, positive=positive, negative=negative, subset=subset))
+    return pairs
+
+
+# ----------------------------------------------------------------------------- MMEB-eval
+
+
+def sample_rows(n_rows: int, limit: int | None, seed: int = 0) -> list[int]:
+    """The row indices ``read_eval_dataset`` keeps: all rows, or ``limit`` of them drawn with
+    ``numpy.random.default_rng(seed)``, in their original order. Call it to record which rows were scored."""
+    if limit is None or limit >= n_rows:
+        return list(range(n_rows))
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    chosen = np.random.default_rng(seed).choice(n_rows, size=limit, replace=False)
+    return sorted(int(i) for i in chosen)
+
+
+def read_eval_dataset(root, name: str, *, image_root=None, split: str = "test", limit: int | None = None,
+                      seed: int = 0) -> EvalDataset:
+    """Read ``<root>/<name>/<split>*.parquet`` (or ``.jsonl``), an MMEB-eval-schema dataset.
+
+    Image paths are relative to ``image_root`` (default ``root``). With ``limit`` below the number of rows,
+    only the rows ``sample_rows(n, limit, seed)`` are read, in file order. Raises DataFormatError on a
+    missing dataset folder (listing the ones present), a missing column, a candidate list that is empty or
+    whose ``tgt_text``/``tgt_img_path`` lengths differ, or a missing image.
+    """
+    root = Path(root)
+    folder = root / name
+    if not folder.is_dir():
+        raise DataFormatError(_missing_dataset_message(root, name))
+    image_root = os.path.abspath(root if image_root is None else image_root)
+    rows = [(file, i, row) for file in _data_files(folder, split) for i, row in enumerate(_read_rows(file))]
+    known: dict[str, bool] = {}
+    queries = []
+    for k in sample_rows(len(rows), limit, seed):
+        file, i, row = rows[k]
+        query = _embed_input(_text(row, "qry_text", file, i),
+                             _image(_text(row, "qry_img_path", file, i), image_root, known, file, i, "qry_img_path"),
+                             file, i, "qry_text")
+        if not query.text.strip() and query.image is None:
+            raise _error(file, i, "qry_text", "empty query: neither text nor image", "Drop or fix the row.")
+        texts = _text_list(row, "tgt_text", file, i)
+        images = _text_list(row, "tgt_img_path", file, i)
+        if not texts:
+            raise _error(file, i, "tgt_text", "empty candidate list",
+                         "Each query needs at least its ground truth as candidate 0.")
+        if len(texts) != len(images):
+            raise _error(file, i, "tgt_img_path", f"{len(images)} image paths for {len(texts)} candidate texts",
+                         "The two lists must be aligned; use \"\" for a candidate without image.")
+        candidates = []
+        for j, (text, rel) in enumerate(zip(texts, images)):
+            image = _image(rel, image_root, known, file, i, f"tgt_img_path[{j}]")
+            if not text.strip() and image is None:
+                raise _error(file, i, f"tgt_text[{j}]", "empty candidate: neither text nor image",
+                             "Fix the candidate list.")
+            candidates.append(_embed_input(text, image, file, i, f"tgt_text[{j}]"))
+        queries.append(EvalQuery(query=query, candidates=tuple(candidates)))
+    return EvalDataset(name=name, queries=queries, source=folder)
+
+
+def _missing_dataset_message(root: Path, name: str) -> str:
+    present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    # MMEB spells some names differently in train and eval (ImageNet_1K vs ImageNet-1K).
+    near = [p for p in present if p.replace("_", "-").lower() == name.replace("_", "-").lower()]
+    hint = f" Did you mean '{near[0]}'?" if near else ""
+    return (f"{root / name}: no such dataset folder.{hint} Datasets under {root}: "
+            f"{', '.join(present) if present else '(none)'}. Download the dataset or fix the name.")
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def load_image(path) -> Image.Image:
+    """Open an image file as RGB; an unreadable or missing file raises DataFormatError naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataFormatError(f"{path}: cannot read this image ({e}). Re-extract or re-download it, "
+                              f"or drop the rows that use it.") from e
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def _write_atomic(path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden name: a folder glob for "<split>*" never picks up a file still being written.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _columns(rows: list[dict], columns: tuple[str, ...], optional: tuple[str, ...], default) -> dict[str, list]:
+    data = {c: [] for c in columns}
+    for i, row in enumerate(rows):
+        unknown = set(row) - set(columns)
+        if unknown:
+            raise ValueError(f"row {i}: unknown columns {sorted(unknown)}; expected {list(columns)}")
+        for c in columns:
+            if c not in row and c not in optional:
+                raise ValueError(f"row {i}: missing column '{c}'")
+            data[c].append(row.get(c, default))
+    return data
+
+
+def write_train_subset(rows: list[dict], path) -> None:
+    """Write MMEB-train-schema rows (dicts keyed by ``TRAIN_COLUMNS``; ``neg_*`` default "") to parquet."""
+    data = _columns(rows, TRAIN_COLUMNS, _OPTIONAL_TRAIN_COLUMNS, "")
+    table = pa.table({c: pa.array(data[c], pa.string()) for c in TRAIN_COLUMNS})
+    _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def write_eval_dataset(rows: list[dict], path) -> None:
+    """Write MMEB-eval-schema rows (dicts keyed by ``EVAL_COLUMNS``; candidate 0 = truth) to parquet.
+
+    Contents are not checked, so test fixtures can write malformed rows for the reader to reject.
+    """
+    data = _columns(rows, EVAL_COLUMNS, (), None)
+    types = {"qry_text": pa.string(), "qry_img_path": pa.string(),
+             "tgt_text": pa.list_(pa.string()), "tgt_img_path": pa.list_(pa.string())}
+    table = pa.table({c: pa.array(data[c], types[c]) for c in EVAL_COLUMNS})
+    _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
+# ----------------------------------------------------------------------------- stage-1 dialogues
+
+
+def write_dialogues(dialogues, path, image_root) -> None:
+    """Write stage-1 dialogues as jsonl: ``{"image": path relative to image_root or "", "text", "turns":
+    [{"q", "a"}]}`` per line. ``Dialogue.meta`` is not stored."""
+    root = os.path.abspath(image_root)
+    lines = []
+    for k, d in enumerate(dialogues):
+        rel = ""
+        if d.image:
+            rel = os.path.relpath(os.path.abspath(d.image), root)
+            if rel.startswith(os.pardir):
+                raise ValueError(f"dialogue {k}: image {d.image} is not under image_root {root}")
+            rel = Path(rel).as_posix()
+        record = {"image": rel, "text": d.text, "turns": [{"q": t.question, "a": t.answer} for t in d.turns]}
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+
+    _write_atomic(path, write)
+
+
+def read_dialogues(path, image_root) -> list[Dialogue]:
+    """Read a stage-1 dialogue jsonl; a bad line raises DataFormatError naming the file and line."""
+    root = os.path.abspath(image_root)
+    known: dict[str, bool] = {}
+    dialogues = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {line_no}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{where}: not valid JSON ({e}). Fix or remove the line.")
+            if not isinstance(record, dict):
+                raise DataFormatError(f"{where}: expected a JSON object. Fix or remove the line.")
+            turns = record.get("turns")
+            if not isinstance(turns, list) or not turns:
+                raise DataFormatError(f"{where}, field 'turns': missing or empty. Give a list of "
+                                      f'{{"q": ..., "a": ...}} objects.')
+            parsed = []
+            for t in turns:
+                if not (isinstance(t, dict) and isinstance(t.get("q"), str) and isinstance(t.get("a"), str)):
+                    raise DataFormatError(f"{where}, field 'turns': each turn must be "
+                                          f'{{"q": str, "a": str}}, got {t!r}. Fix the turn.')
+                parsed.append(Turn(question=t["q"], answer=t["a"]))
+            text = record.get("text") or ""
+            rel = record.get("image") or ""
+            if not isinstance(text, str) or not isinstance(rel, str):
+                raise DataFormatError(f"{where}: 'image' and 'text' must be strings. Fix the line.")
+            image = None
+            if rel:
+                image = os.path.normpath(os.path.join(root, rel))
+                if image not in known:
+                    known[image] = os.path.isfile(image)
+                if not known[image]:
+                    raise DataFormatError(f"{where}, field 'image': image '{rel}' not found under {root}. "
+                                          f"Pass the right image_root or restore the image.")
+            if not text and image is None:
+                raise DataFormatError(f"{where}: neither image nor text to compress. Fill one in or drop "
+                                      f"the line.")
+            dialogues.append(Dialogue(turns=tuple(parsed), image=image, text=text))
+    return dialogues

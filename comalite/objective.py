@@ -1,0 +1,87 @@
+"""The next-token objective of stages 0 and 1, and what it lets us measure: answers through the mask.
+
+``lm_loss`` computes the LM head only at supervised positions: on the real model the vocabulary has
+151,936 entries, and full-sequence logits would be the largest activation of the whole step.
+
+``answer_accuracy`` scores teacher-forced exact match: an answer counts as right when the argmax at each of
+its tokens (its closing ``<|im_end|>`` included) is the true token. That is exactly "greedy decoding
+would produce this answer", without running a decoding loop.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import Backbone
+from .mask import attention_allowed
+from .sequence import ANSWER, Example, collate, supervised_positions
+
+
+def _forward(backbone: Backbone, batch: dict, compression_mask: bool) -> torch.Tensor:
+    allowed = attention_allowed(batch["roles"], batch["attention_mask"], compression_mask=compression_mask)
+    return backbone.hidden_states(batch, allowed)
+
+
+def lm_loss(backbone: Backbone, batch: dict, *, compression_mask: bool = True,
+            supervise: str = "answers") -> torch.Tensor:
+    """Mean next-token cross-entropy over the supervised tokens of a collated batch."""
+    hidden = _forward(backbone, batch, compression_mask)
+    targets = supervised_positions(batch["roles"], supervise)[:, 1:].to(hidden.device)
+    if not targets.any():
+        raise ValueError("no supervised token in this batch: check the dialogues have answers")
+    logits = backbone.lm_head(hidden[:, :-1][targets]).float()
+    return F.cross_entropy(logits, batch["input_ids"][:, 1:].to(hidden.device)[targets])
+
+
+@torch.no_grad()
+def answer_accuracy(backbone: Backbone, examples: list[Example], *, compression_mask: bool = True,
+                    batch_size: int = 32) -> dict:
+    """Fraction of answers reproduced exactly under teacher forcing (= greedy decoding), and the loss."""
+    was_training = backbone.model.training
+    backbone.eval()
+    pad_id = backbone.processor.tokenizer.pad_token_id
+    right = total = 0
+    losses = []
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size], pad_id)
+        hidden = _forward(backbone, batch, compression_mask)
+        is_answer = (batch["roles"] == ANSWER)[:, 1:].to(hidden.device)
+        truth = batch["input_ids"][:, 1:].to(hidden.device)
+        logits = backbone.lm_head(hidden[:, :-1][is_answer]).float()
+        losses.append(F.cross_entropy(logits, truth[is_answer], reduction="sum").item())
+        correct = torch.zeros_like(truth, dtype=torch.bool)
+        correct[is_answer] = logits.argmax(-1) == truth[is_answer]
+        for b in range(truth.shape[0]):
+            # One answer = one contiguous run of answer tokens; right if every token in it is right.
+            runs = torch.diff(is_answer[b].int(), prepend=torch.zeros(1, dtype=torch.int, device=truth.device))
+            run_id = torch.cumsum(runs == 1, 0)[is_answer[b]]
+            ok = correct[b][is_answer[b]]
+            for r in run_id.unique():
+                right += int(ok[run_id == r].all())
+                total += 1
+    backbone.train(was_training)
+    n_tokens = sum(ex.roles.count(ANSWER) for ex in examples)
+    return {"accuracy": right / max(1, total), "answers": total, "loss": sum(losses) / max(1, n_tokens)}
+
+
+@torch.no_grad()
+def generate_answer(backbone: Backbone, example: Example, *, compression_mask: bool = True,
+                    max_new_tokens: int = 12) -> str:
+    """Greedy answer to the example's last question, generated under the same mask as training.
+
+    ``example`` must end with a question (drop the last answer before calling). No KV cache: the mask
+    changes the attention pattern, and answers are a few tokens long.
+    """
+    backbone.eval()
+    processor = backbone.processor
+    ids, roles = list(example.input_ids), list(example.roles)
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        ex = Example(ids + new, roles + [ANSWER] * len(new), example.pixel_values, example.image_grid_thw)
+        batch = collate([ex], processor.tokenizer.pad_token_id)
+        hidden = _forward(backbone, batch, compression_mask)
+        token = int(backbone.lm_head(hidden[0, -1]).argmax())
+        if token == processor.im_end_id:
+            break
+        new.append(token)
+    return processor.tokenizer.decode(new, skip_special_tokens=True).strip()

@@ -1,0 +1,93 @@
+"""The plain data records every stage passes around.
+
+They mirror the MMEB files one to one, so ShapesWorld and the real benchmark flow through the same code:
+
+- ``EmbedInput``: one thing to embed (instruction/text and/or an image), a query or a candidate.
+- ``TrainPair``: one MMEB-train row (``qry``/``pos_*``/``neg_*``).
+- ``EvalQuery`` and ``EvalDataset``: MMEB-eval rows (candidate 0 is the ground truth).
+- ``Dialogue``: one stage-1 sample, an image (or a text) and the QA turns about it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_PLACEHOLDER = "<|image_1|>"
+"""Where MMEB puts the image inside a query text. It becomes the vision span when tokenised."""
+
+
+@dataclass(frozen=True)
+class EmbedInput:
+    """One input to embed: ``text`` (may hold ``<|image_1|>``) and an optional image file path."""
+
+    text: str = ""
+    image: str | None = None
+
+    def key(self) -> tuple[str, str]:
+        """Identity used to encode each distinct input once (e.g. a class label shared by all queries)."""
+        return (self.text, self.image or "")
+
+
+@dataclass(frozen=True)
+class TrainPair:
+    """A stage-2 training pair from an MMEB-train-schema file; ``subset`` names the file it came from."""
+
+    query: EmbedInput
+    positive: EmbedInput
+    negative: EmbedInput | None = None
+    subset: str = ""
+
+
+@dataclass(frozen=True)
+class EvalQuery:
+    """A query and its own candidate list; the ground truth is ``candidates[0]`` (MMEB convention)."""
+
+    query: EmbedInput
+    candidates: tuple[EmbedInput, ...]
+
+
+@dataclass
+class EvalDataset:
+    """One MMEB-eval-schema dataset as read from ``source``."""
+
+    name: str
+    queries: list[EvalQuery]
+    source: Path | None = None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One question and its answer in a stage-1 dialogue."""
+
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Dialogue:
+    """A stage-1 (and stage-0) sample: an image path and/or a text to compress, then QA turns about it."""
+
+    turns: tuple[Turn, ...]
+    image: str | None = None
+    text: str = ""
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+META_TASKS = ("classification", "vqa", "retrieval", "grounding")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the evaluator needs to know of one evaluation dataset (MMEB's or ShapesWorld's).
+
+    ``meta_task`` is one of ``META_TASKS``; ``split`` is ``"IND"`` (has training data) or ``"OOD"``;
+    ``query``/``target`` say what the inputs hold (``"image"``, ``"text"`` or ``"image+text"``).
+    """
+
+    name: str
+    meta_task: str
+    split: str
+    instruction: str
+    query: str
+    target: str
+    source: str = "mmeb"

@@ -1,0 +1,133 @@
+"""Token layouts of the two stages, built segment by segment so every position knows its role.
+
+Stage 1 (compression pre-training), one dialogue per sequence::
+
+    <|im_start|>user\\n <vision span> Summarize above image in a few words.   role CONTEXT
+    <|cmp_0|> ... <|cmp_K-1|>                                                role COMPRESS
+    <|im_end|>\\n<|im_start|>user\\n Q1 <|im_end|>\\n<|im_start|>assistant\\n    role QUESTION
+    A1 <|im_end|>                                                           role ANSWER
+    \\n<|im_start|>user\\n Q2 ...                                             QUESTION, ANSWER, ...
+
+Stage 2 (embedding), queries and candidates alike, no chat template::
+
+    instruction/text with <|image_1|> replaced by the vision span           role CONTEXT
+    <|cmp_0|> ... <|cmp_K-1|>                                                role COMPRESS
+
+The roles drive everything downstream: the attention mask (``comalite.mask``), the supervised tokens
+(``supervised_positions``) and the pooled positions (``comalite.embedding``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .processor import VLProcessor
+from .records import IMAGE_PLACEHOLDER, Dialogue, EmbedInput
+
+PAD, CONTEXT, COMPRESS, QUESTION, ANSWER = -1, 0, 1, 2, 3
+ROLE_NAMES = {PAD: "pad", CONTEXT: "context", COMPRESS: "compress", QUESTION: "question", ANSWER: "answer"}
+
+
+@dataclass
+class Example:
+    """One tokenised sequence: ids, a role per id, and its image's patches (if any)."""
+
+    input_ids: list[int]
+    roles: list[int]
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+
+    def add(self, ids: list[int], role: int) -> None:
+        self.input_ids += ids
+        self.roles += [role] * len(ids)
+
+
+def _load_image(path: str):
+    from .mmeb_data import load_image  # lazy: keeps this module free of the data readers
+
+    return load_image(path)
+
+
+def add_image(ex: Example, processor: VLProcessor, path: str) -> None:
+    """Append the vision span of the image at ``path`` (role context) and keep its patches."""
+    pixel_values, grid = processor.encode_image(_load_image(path))
+    ex.pixel_values, ex.image_grid_thw = pixel_values, grid
+    ex.add(processor.image_span(grid), CONTEXT)
+
+
+def embed_example(processor: VLProcessor, item: EmbedInput, *, with_compression: bool = True) -> Example:
+    """Stage-2 input: text with ``<|image_1|>`` replaced by the image, then the compression tokens.
+
+    An image without a placeholder goes first; a placeholder without an image is an error (it would
+    silently become text). The text around the placeholder is kept exactly, spaces included, which gives
+    the same ids as tokenising the whole string with the vision span written in.
+    """
+    n_placeholders = item.text.count(IMAGE_PLACEHOLDER)
+    if n_placeholders > 1:
+        raise ValueError(f"input has {n_placeholders} image placeholders; comalite supports one: {item.text!r}")
+    if n_placeholders and not item.image:
+        raise ValueError(f"input text has {IMAGE_PLACEHOLDER} but no image path: {item.text!r}")
+    ex = Example([], [])
+    before, _, after = item.text.partition(IMAGE_PLACEHOLDER) if n_placeholders else ("", "", item.text)
+    ex.add(processor.encode_text(before), CONTEXT)
+    if item.image:
+        add_image(ex, processor, item.image)
+    ex.add(processor.encode_text(after), CONTEXT)
+    if with_compression:
+        ex.add(processor.compress_ids, COMPRESS)
+    if not ex.input_ids:
+        raise ValueError("empty input: give a text, an image or both")
+    return ex
+
+
+def dialogue_example(processor: VLProcessor, dialogue: Dialogue, *, prompt: str, text_prompt: str,
+                     multi_turn: bool = True, with_compression: bool = True) -> Example:
+    """Stage-1 sequence (and stage 0's, with ``with_compression=False``): the layout in the module doc."""
+    ex = Example([], [])
+    ex.add(processor.encode_text("<|im_start|>user\n"), CONTEXT)
+    if dialogue.image:
+        add_image(ex, processor, dialogue.image)
+        ex.add(processor.encode_text(prompt), CONTEXT)
+    else:
+        ex.add(processor.encode_text(dialogue.text + "\n" + text_prompt), CONTEXT)
+    if with_compression:
+        ex.add(processor.compress_ids, COMPRESS)
+    turns = dialogue.turns if multi_turn else dialogue.turns[:1]
+    if not turns:
+        raise ValueError("a stage-1 dialogue needs at least one question/answer turn")
+    for turn in turns:
+        ex.add(processor.encode_text(f"<|im_end|>\n<|im_start|>user\n{turn.question}<|im_end|>\n"
+                                     "<|im_start|>assistant\n"), QUESTION)
+        # The answer includes its closing <|im_end|>: predicting it is how the model learns to stop.
+        ex.add(processor.encode_text(turn.answer) + [processor.im_end_id], ANSWER)
+    return ex
+
+
+def collate(examples: list[Example], pad_id: int, *, pad_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad a list of examples into a batch: ids, 2D attention mask, roles (PAD = -1), image tensors."""
+    if pad_side not in ("left", "right"):
+        raise ValueError(f"pad_side must be 'left' or 'right', not {pad_side!r}")
+    length = max(len(ex.input_ids) for ex in examples)
+    ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    roles = torch.full((len(examples), length), PAD, dtype=torch.long)
+    for b, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        span = slice(length - n, length) if pad_side == "left" else slice(0, n)
+        ids[b, span] = torch.tensor(ex.input_ids)
+        roles[b, span] = torch.tensor(ex.roles)
+    batch = {"input_ids": ids, "roles": roles, "attention_mask": (roles != PAD).long()}
+    with_images = [ex for ex in examples if ex.pixel_values is not None]
+    if with_images:
+        batch["pixel_values"] = torch.cat([ex.pixel_values for ex in with_images])
+        batch["image_grid_thw"] = torch.stack([ex.image_grid_thw for ex in with_images])
+    return batch
+
+
+def supervised_positions(roles: torch.Tensor, supervise: str = "answers") -> torch.Tensor:
+    """Which tokens the next-token loss predicts: the answers (paper), or everything after compression."""
+    if supervise == "answers":
+        return roles == ANSWER
+    if supervise == "all":
+        return (roles == ANSWER) | (roles == QUESTION)
+    raise ValueError(f"supervise must be 'answers' or 'all', not {supervise!r}")

@@ -1,0 +1,125 @@
+"""Stage 2, contrastive tuning: the compression tokens' pooled states become the embedding; InfoNCE.
+
+``run_stage2(cfg)`` starts from the stage-1 result (CoMa: the frozen stage-1 adapter under a fresh LoRA
+``stage2``) or, with ``stage2.init=backbone``, from the plain backbone (the contrastive-only baseline, at
+the same contrastive budget). Each optimizer step is one batch of ``stage2.train.batch_size`` pairs made
+of same-subset sub-batches, encoded in GradCache chunks, so the negative pool is the whole batch while
+memory is that of one chunk.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from .backbone import Backbone, load_backbone
+from .batching import SubBatchSampler
+from .config import Config
+from .embedding import encode
+from .gradcache import gradcache_step
+from .loss import InfoNCELoss
+from .records import TrainPair
+from .trainer import Trainer, seed_everything
+
+log = logging.getLogger(__name__)
+HELDOUT_EVERY = 20   # every 20th pair of each subset is held out to measure retrieval
+EVAL_BLOCK = 16      # held-out retrieval: each query against the targets of its block of 16 pairs
+
+
+def split_heldout(pairs: list[TrainPair]) -> tuple[list[TrainPair], list[TrainPair]]:
+    """Deterministic train / held-out split: every ``HELDOUT_EVERY``-th pair of each subset is held out."""
+    seen: dict[str, int] = {}
+    train, heldout = [], []
+    for pair in pairs:
+        k = seen[pair.subset] = seen.get(pair.subset, -1) + 1
+        (heldout if k % HELDOUT_EVERY == HELDOUT_EVERY - 1 else train).append(pair)
+    return train, heldout
+
+
+@torch.no_grad()
+def inbatch_accuracy(backbone: Backbone, pairs: list[TrainPair], *, pooling: str = "mean",
+                     block: int = EVAL_BLOCK) -> dict:
+    """Top-1 accuracy of each query retrieving its own target among the targets of its block of pairs
+    (same subset, like training batches); chance is 1/block."""
+    backbone.eval()
+    hits = total = 0
+    by_subset: dict[str, list[TrainPair]] = {}
+    for pair in pairs:
+        by_subset.setdefault(pair.subset, []).append(pair)
+    for group in by_subset.values():
+        for start in range(0, len(group) - block + 1, block):
+            chunk = group[start:start + block]
+            q = encode(backbone, [p.query for p in chunk], pooling)
+            t = encode(backbone, [p.positive for p in chunk], pooling)
+            hits += int((torch.argmax(q @ t.T, dim=1) == torch.arange(len(chunk), device=q.device)).sum())
+            total += len(chunk)
+    if not total:
+        raise ValueError(f"held-out retrieval needs subsets of at least {block} held-out pairs")
+    return {"accuracy": hits / total, "pairs": total, "chance": 1 / block}
+
+
+def load_stage2_backbone(cfg: Config) -> Backbone:
+    """CoMa: stage 1's result with a fresh ``stage2`` LoRA on top; or the plain backbone (baseline)."""
+    s2 = cfg.stage2
+    if s2.init == "stage1":
+        from .result import load_result
+
+        return load_result(cfg.run_dir() / "stage1", train_adapter="stage2", model_cfg=cfg.model,
+                           train_compression=s2.train_compress_rows)
+    if s2.init == "backbone":
+        return load_backbone(cfg.model, train_adapter="stage2", train_compression=s2.train_compress_rows,
+                             seed=s2.train.seed)
+    raise ValueError(f"stage2.init must be 'stage1' or 'backbone', not {s2.init!r}")
+
+
+def stage2_dir(cfg: Config) -> Path:
+    return cfg.run_dir() / ("stage2" if cfg.stage2.init == "stage1" else "contrastive_only")
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def run_stage2(cfg: Config, *, stop_at: int | None = None) -> Path:
+    """Train stage 2 into ``<run_dir>/stage2`` (or ``contrastive_only``); resumes from its checkpoint."""
+    from .datasets import train_pairs
+    from .result import write_result
+
+    s2, train_cfg = cfg.stage2, cfg.stage2.train
+    out = stage2_dir(cfg)
+    train, heldout = split_heldout(train_pairs(cfg))
+    backbone = load_stage2_backbone(cfg)
+    seed_everything(train_cfg.seed)
+    before = inbatch_accuracy(backbone, heldout, pooling=s2.pooling)
+    sampler = SubBatchSampler([p.subset for p in train], train_cfg.batch_size, s2.sub_batch_size or None,
+                              seed=train_cfg.seed)
+    if len(sampler) == 0:
+        raise ValueError(f"{len(train)} training pairs cannot fill one batch of {train_cfg.batch_size}")
+    loss_fn = InfoNCELoss(temperature=s2.temperature, symmetric=s2.symmetric)
+
+    def step_fn(step: int) -> float:
+        backbone.train()
+        sampler.seek(step)
+        batch = [train[i] for i in next(iter(sampler))]
+        queries = _chunks([p.query for p in batch], s2.chunk_size)
+        targets = _chunks([p.positive for p in batch], s2.chunk_size)
+        negatives = [p.negative for p in batch if p.negative is not None] if s2.hard_negatives else []
+        loss = gradcache_step(lambda chunk: encode(backbone, chunk, s2.pooling), queries, targets, loss_fn,
+                              extra_chunks=_chunks(negatives, s2.chunk_size) if negatives else None)
+        return float(loss)
+
+    history = Trainer(backbone.trainable_parameters(), train_cfg, out, step_fn,
+                      desc="stage 2" if s2.init == "stage1" else "contrastive only").run(stop_at=stop_at)
+    if stop_at is not None and stop_at < train_cfg.steps:
+        return out
+    after = inbatch_accuracy(backbone, heldout, pooling=s2.pooling)
+    metrics = {"heldout_accuracy_before": before["accuracy"], "heldout_accuracy_after": after["accuracy"],
+               "heldout_pairs": after["pairs"], "chance": after["chance"], "first_loss": history[0]["loss"],
+               "last_loss": history[-1]["loss"], "steps": len(history), "train_pairs": len(train),
+               "summary": backbone.summary()}
+    log.info("stage 2 done: %s", metrics)
+    inherited = cfg.run_dir() / "stage1" if s2.init == "stage1" else None
+    return write_result(out, backbone, stage="stage2", settings=dataclasses.asdict(s2), metrics=metrics,
+                        inherited=inherited)

@@ -1,0 +1,398 @@
+"""Tests for comalite.viz: each plot's content (data, colours, marks, labels) and its saved PNG."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: must precede pyplot
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.collections import LineCollection
+from matplotlib.colors import same_color, to_rgb
+from matplotlib.patches import Rectangle
+from PIL import Image
+
+from comalite import viz
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Close every figure a test made, so pyplot does not pile them up across tests."""
+    yield
+    plt.close("all")
+
+
+def assert_png(path) -> None:
+    """``path`` is a non-empty, readable PNG picture of a sensible size."""
+    assert path.is_file() and path.stat().st_size > 0
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert min(image.size) > 100
+
+
+def axes_by_label(fig, label):
+    """The one axes of ``fig`` whose label is ``label``."""
+    (ax,) = [ax for ax in fig.axes if ax.get_label() == label]
+    return ax
+
+
+def legend_texts(legend) -> list[str]:
+    """The entry texts of a legend."""
+    return [text.get_text() for text in legend.get_texts()]
+
+
+def luminance(colour) -> float:
+    """Perceived brightness of a colour in [0, 1]."""
+    r, g, b = to_rgb(colour)
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+# ------------------------------------------------------------------------------------------------ top_k
+
+
+def test_top_k_orders_by_score_and_breaks_ties_by_lower_index():
+    indices, values = viz.top_k([0.5, 0.9, 0.5, 0.9, np.nan, 0.1], 4)
+    assert indices.tolist() == [1, 3, 0, 2]
+    assert values.tolist() == [0.9, 0.9, 0.5, 0.5]
+
+
+def test_top_k_ranks_nan_last_and_caps_k():
+    indices, _ = viz.top_k(np.array([np.nan, 0.2, 0.3]), 10)
+    assert indices.tolist() == [2, 1, 0]
+    assert viz.top_k([0.1, 0.2], 0)[0].size == 0
+    with pytest.raises(ValueError):
+        viz.top_k(np.zeros((2, 2)), 1)
+
+
+# ---------------------------------------------------------------------------------------- attention mask
+
+
+def coma_mask_and_roles():
+    """A small CoMa stage-1 mask: causal, but question/answer rows blind to the image and prompt."""
+    lengths = {"image": 8, "prompt": 3, "compress": 4, "question": 3, "answer": 4, "pad": 2}
+    roles = [role for role, n in lengths.items() for _ in range(n)]
+    mask = np.tril(np.ones((len(roles), len(roles)), dtype=int))
+    qa = np.isin(roles, ["question", "answer"])
+    context = np.isin(roles, ["image", "prompt"])
+    mask[np.ix_(qa, context)] = 0
+    return mask, roles
+
+
+def test_attention_mask_draws_mask_bands_and_legend(tmp_path):
+    mask, roles = coma_mask_and_roles()
+    out = tmp_path / "figs" / "mask.png"
+    fig = viz.plot_attention_mask(mask, roles, title="CoMa mask", save_to=out)
+    assert_png(out)
+
+    ax = axes_by_label(fig, "mask")
+    (image,) = ax.images
+    np.testing.assert_array_equal(np.asarray(image.get_array()), mask)
+    allowed_rgba, blocked_rgba = image.cmap(image.norm(1)), image.cmap(image.norm(0))
+    assert luminance(allowed_rgba) < 0.3 < 0.8 < luminance(blocked_rgba)
+
+    # One band patch per segment along each axis, coloured by role.
+    top, left = axes_by_label(fig, "roles-top"), axes_by_label(fig, "roles-left")
+    segment_roles = ["image", "prompt", "compress", "question", "answer", "pad"]
+    for band in (top, left):
+        patches = [p for p in band.patches if isinstance(p, Rectangle)]
+        assert len(patches) == len(segment_roles)
+        for patch, role in zip(patches, segment_roles):
+            assert same_color(patch.get_facecolor(), viz.ROLE_COLOURS[role])
+    compress_patch = top.patches[2]
+    assert (compress_patch.get_x(), compress_patch.get_width()) == (10.5, 4)
+    assert "image" in [t.get_text() for t in top.texts]
+
+    assert top.get_title() == "CoMa mask"
+    assert legend_texts(ax.get_legend()) == ["allowed: i sees j", "blocked", *segment_roles]
+
+
+def test_attention_mask_without_roles_is_just_the_mask():
+    mask, _ = coma_mask_and_roles()
+    fig = viz.plot_attention_mask(mask.astype(bool))
+    assert [ax.get_label() for ax in fig.axes] == ["mask"]
+    assert fig.axes[0].get_title() == "Stage-1 attention mask"
+    assert len(legend_texts(fig.axes[0].get_legend())) == 2
+
+
+def test_attention_mask_rejects_additive_masks_and_wrong_roles():
+    mask, roles = coma_mask_and_roles()
+    additive = np.where(mask == 1, 0.0, -np.inf)
+    with pytest.raises(ValueError, match="mask == 0"):
+        viz.plot_attention_mask(additive)
+    with pytest.raises(ValueError, match="positions"):
+        viz.plot_attention_mask(mask, roles[:-1])
+    with pytest.raises(ValueError, match="square"):
+        viz.plot_attention_mask(mask[:, :-1])
+
+
+# ------------------------------------------------------------------------------------------- loss curves
+
+
+def test_ema_smooth_is_bias_corrected():
+    np.testing.assert_allclose(viz.ema_smooth([2.0, 2.0, 2.0], 0.9), [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(viz.ema_smooth([1.0, 0.0], 0.5), [1.0, 1 / 3])
+    with pytest.raises(ValueError):
+        viz.ema_smooth([1.0], 1.0)
+
+
+def test_loss_curves_plots_each_run(tmp_path):
+    curves = {"stage 1": [3.0, 2.0, 1.5, 1.2], "stage 2": np.array([1.0, 0.8, 0.7])}
+    out = tmp_path / "loss.png"
+    fig = viz.plot_loss_curves(curves, xlabel="epoch", title="training", save_to=out)
+    assert_png(out)
+    (ax,) = fig.axes
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("epoch", "loss", "training")
+    assert [line.get_ydata().tolist() for line in ax.lines] == [[3.0, 2.0, 1.5, 1.2], [1.0, 0.8, 0.7]]
+    assert legend_texts(ax.get_legend()) == ["stage 1", "stage 2"]
+
+
+def test_loss_curves_smoothing_keeps_raw_line_in_same_colour():
+    fig = viz.plot_loss_curves({"run": [4.0, 1.0, 3.0, 0.5]}, smooth=0.6)
+    (ax,) = fig.axes
+    raw, smoothed = ax.lines
+    assert raw.get_color() == smoothed.get_color()
+    assert raw.get_alpha() < 1
+    np.testing.assert_allclose(smoothed.get_ydata(), viz.ema_smooth([4.0, 1.0, 3.0, 0.5], 0.6))
+    assert legend_texts(ax.get_legend()) == ["run"]
+
+
+# ------------------------------------------------------------------------------------- similarity matrix
+
+
+def test_similarity_matrix_has_colorbar_labels_and_diagonal_frames(tmp_path):
+    sim = np.array([[0.9, 0.1, 0.2, 0.0], [0.3, 0.8, 0.1, 0.2], [0.2, 0.1, 0.7, 0.4]])
+    out = tmp_path / "sim.png"
+    fig = viz.plot_similarity_matrix(
+        sim, row_labels=list("abc"), col_labels=list("wxyz"), title="S", save_to=out
+    )
+    assert_png(out)
+    ax, colorbar_ax = fig.axes
+    assert colorbar_ax.get_ylabel() == "cosine similarity"
+    assert ax.get_title() == "S"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["w", "x", "y", "z"]
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), sim)
+    frames = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert sorted(p.get_xy() for p in frames) == [(-0.5, -0.5), (0.5, 0.5), (1.5, 1.5)]
+    assert "0.90" in [t.get_text() for t in ax.texts] and len(ax.texts) == sim.size
+
+
+def test_similarity_matrix_large_unmarked_has_no_annotations():
+    fig = viz.plot_similarity_matrix(np.eye(16), mark_diagonal=False, vmin=-1, vmax=1)
+    ax = fig.axes[0]
+    assert not ax.patches and not ax.texts
+    assert ax.images[0].get_clim() == (-1, 1)
+    with pytest.raises(ValueError, match="row labels"):
+        viz.plot_similarity_matrix(np.eye(2), row_labels=["only one"])
+
+
+# ------------------------------------------------------------------------------------------- projections
+
+
+def test_project_2d_pca_finds_the_main_direction_deterministically():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 5)) * np.array([10.0, 3.0, 0.1, 0.1, 0.1])
+    xy = viz.project_2d(x)
+    assert xy.shape == (50, 2)
+    np.testing.assert_allclose(viz.project_2d(x), xy)
+    assert abs(np.corrcoef(xy[:, 0], x[:, 0])[0, 1]) > 0.99
+    assert abs(np.corrcoef(xy[:, 1], x[:, 1])[0, 1]) > 0.95
+    # The sign rule: in each column the entry of largest magnitude is positive.
+    assert (xy[np.abs(xy).argmax(axis=0), [0, 1]] > 0).all()
+
+
+def test_project_2d_pads_one_dimensional_input_and_rejects_unknown_method():
+    xy = viz.project_2d(np.arange(6.0).reshape(6, 1))
+    assert xy.shape == (6, 2) and np.all(xy[:, 1] == 0)
+    with pytest.raises(ValueError, match="unknown"):
+        viz.project_2d(np.zeros((4, 3)), method="tsne")
+    with pytest.raises(ValueError, match="at least 4"):
+        viz.project_2d(np.zeros((3, 3)), method="umap")
+
+
+def test_project_2d_umap_small_and_seeded():
+    # Compiling UMAP's numba code costs 9-16 s per process, while 20 points run interpreted in about a
+    # second. A child process keeps NUMBA_DISABLE_JIT from slowing any later numba user in this session.
+    code = (
+        "import json, numpy as np\n"
+        "from comalite.viz import project_2d\n"
+        "x = np.random.default_rng(1).normal(size=(20, 6))\n"
+        "runs = [project_2d(x, method='umap', seed=3, n_neighbors=5).tolist() for _ in range(2)]\n"
+        "print(json.dumps(runs))\n"
+    )
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "MPLBACKEND": "Agg"}
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    first, second = (np.array(run) for run in json.loads(child.stdout))
+    assert first.shape == (20, 2) and np.isfinite(first).all()
+    np.testing.assert_allclose(second, first)  # same seed, same picture
+
+
+# ------------------------------------------------------------------------------------- embedding space
+
+
+def test_embedding_space_one_panel_per_model_coloured_by_class(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = ["cat", "dog", "bird"] * 4
+    modality = ["query"] * 6 + ["target"] * 6
+    points = {name: rng.normal(size=(12, 8)) for name in ["base", "stage 1", "stage 2"]}
+    out = tmp_path / "space.png"
+    fig = viz.plot_embedding_space(points, labels=labels, modality=modality, title="spaces", save_to=out)
+    assert_png(out)
+
+    assert [ax.get_title() for ax in fig.axes] == ["base", "stage 1", "stage 2"]
+    assert fig.get_suptitle() == "spaces"
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "PC1"
+        query_dots, target_dots = ax.collections  # one scatter per modality
+        assert len(query_dots.get_offsets()) == len(target_dots.get_offsets()) == 6
+        colours = [tuple(c) for c in query_dots.get_facecolors()]
+        # Points 0 and 3 are both "cat"; cat, dog and bird differ.
+        assert colours[0] == colours[3]
+        assert len({colours[0], colours[1], colours[2]}) == 3
+        assert query_dots.get_paths()[0] != target_dots.get_paths()[0]
+
+    (legend,) = fig.legends
+    assert legend_texts(legend) == ["bird", "cat", "dog", "query", "target"]
+
+
+def test_embedding_space_without_modality_and_bad_shapes():
+    labels = [0, 1, 0, 1, 2]
+    fig = viz.plot_embedding_space({"m": np.eye(5)}, labels=labels, normalize=False)
+    (ax,) = fig.axes
+    (dots,) = ax.collections
+    assert len(dots.get_offsets()) == 5
+    assert legend_texts(fig.legends[0]) == ["0", "1", "2"]
+    with pytest.raises(ValueError, match="expected"):
+        viz.plot_embedding_space({"m": np.eye(4)}, labels=labels)
+
+
+# ----------------------------------------------------------------------------------- retrieval gallery
+
+
+def gallery_candidates():
+    """Mixed image and text-only candidates."""
+    return [
+        (Image.new("RGB", (32, 32), "red"), "a red square"),
+        (None, "a long text-only candidate describing a blue circle on a white background"),
+        (Image.new("RGB", (40, 24), "green"), ""),
+        (None, "cat"),
+        (Image.new("L", (32, 32), 128), "grey"),
+    ]
+
+
+def test_retrieval_gallery_marks_correct_candidate(tmp_path):
+    out = tmp_path / "gallery.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a missing ✓ glyph would warn while saving
+        fig = viz.plot_retrieval_gallery(
+            Image.new("RGB", (32, 32), "red"), "find the red one", gallery_candidates(),
+            scores=[0.7, 0.9, 0.1, 0.3, 0.7], correct_index=0, k=3, save_to=out,
+        )
+    assert_png(out)
+    assert [ax.get_label() for ax in fig.axes] == ["query", "candidate 1", "candidate 0", "candidate 4"]
+    titles = {ax.get_label(): ax.get_title() for ax in fig.axes}
+    assert titles["candidate 1"] == "#1  score 0.900"
+    assert titles["candidate 0"] == "#2  score 0.700  ✓"
+    assert titles["candidate 4"] == "#3  score 0.700"
+    correct, wrong = axes_by_label(fig, "candidate 0"), axes_by_label(fig, "candidate 1")
+    assert same_color(correct.spines["left"].get_edgecolor(), viz.CORRECT_COLOUR)
+    assert not same_color(wrong.spines["left"].get_edgecolor(), viz.CORRECT_COLOUR)
+    assert correct.spines["left"].get_linewidth() > wrong.spines["left"].get_linewidth()
+    # The text-only candidate is a wrapped text box; image candidates show their image.
+    (box,) = wrong.texts
+    assert "blue circle" in box.get_text() and "\n" in box.get_text()
+    assert len(correct.images) == 1 and correct.get_xlabel() == "a red square"
+    assert fig.get_suptitle() == "correct candidate ranked #2 of 5"
+
+
+def test_retrieval_gallery_appends_a_missed_correct_candidate():
+    fig = viz.plot_retrieval_gallery(
+        None, "a text query", gallery_candidates(), scores=[0.1, 0.9, 0.8, 0.2, 0.5], correct_index=0, k=2,
+    )
+    assert [ax.get_label() for ax in fig.axes] == ["query", "candidate 1", "candidate 2", "candidate 0"]
+    assert axes_by_label(fig, "candidate 0").get_title() == "#5  score 0.100  ✓"
+    assert "a text query" in axes_by_label(fig, "query").texts[0].get_text()
+    with pytest.raises(ValueError, match="scores"):
+        viz.plot_retrieval_gallery(None, "q", gallery_candidates(), [0.1], correct_index=0)
+
+
+# ---------------------------------------------------------------------------------------- results bars
+
+
+def test_results_bars_groups_models_and_draws_chance(tmp_path):
+    table = {"base": {"Cls": 20.0, "VQA": 10.0, "Overall": 15.0}, "CoMa": {"Cls": 60.0, "Overall": 55.5}}
+    out = tmp_path / "bars.png"
+    fig = viz.plot_results_bars(table, chance={"Cls": 5.0, "Overall": 2.0}, title="MMEB", save_to=out)
+    assert_png(out)
+    (ax,) = fig.axes
+    assert ax.get_title() == "MMEB"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Cls", "VQA", "Overall"]
+    bars = ax.patches
+    assert sorted(bar.get_height() for bar in bars) == [10.0, 15.0, 20.0, 55.5, 60.0]
+    # Each model keeps one colour; CoMa has no VQA bar.
+    base_bars = [b for b in bars if same_color(b.get_facecolor(), bars[0].get_facecolor())]
+    assert len(base_bars) == 3
+    assert "55.5" in [t.get_text() for t in ax.texts]
+
+    chance_lines = [c for c in ax.collections if isinstance(c, LineCollection)]
+    levels = sorted(segment[0][1] for lines in chance_lines for segment in lines.get_segments())
+    assert levels == [2.0, 5.0]
+    assert legend_texts(ax.get_legend()) == ["chance", "base", "CoMa"]
+
+
+# ----------------------------------------------------------------------------------- neighbour explorer
+
+
+def explorer_data():
+    """Three queries over four candidates; query 2's best match is candidate 3, then 0 (tie with 1)."""
+    sim = np.array([[0.9, 0.1, 0.5, 0.2], [0.1, 0.8, 0.3, 0.7], [0.4, 0.4, 0.1, 0.9]])
+    return ["q-red", "q-blue", "q-green"], sim, ["red", "blue", "cyan", "green"]
+
+
+def test_neighbour_explorer_updates_table_when_query_changes():
+    queries, sim, candidates = explorer_data()
+    box = viz.neighbour_explorer(queries, sim, candidates, k=3, targets=[0, 1, 3])
+    picker, output = box.children
+    assert picker.value == 0 and picker.options[2] == ("2: q-green", 2)
+
+    def shown() -> str:
+        (entry,) = output.outputs
+        assert "<table>" in entry["data"]["text/html"]
+        return entry["data"]["text/plain"]
+
+    assert shown().splitlines() == ["1. red  0.900 ✓", "2. cyan  0.500", "3. green  0.200"]
+    picker.value = 2
+    assert shown().splitlines() == ["1. green  0.900 ✓", "2. red  0.400", "3. blue  0.400"]
+
+
+def test_neighbour_explorer_uses_render_callback():
+    queries, sim, candidates = explorer_data()
+    calls = []
+
+    def render(query_index, indices, scores):
+        calls.append((query_index, indices.tolist(), scores.tolist()))
+        fig, ax = plt.subplots()
+        ax.bar(range(len(scores)), scores)
+        return fig
+
+    box = viz.neighbour_explorer(queries, sim, candidates, render=render, k=2)
+    picker, output = box.children
+    picker.value = 1
+    assert calls == [(0, [0, 2], [0.9, 0.5]), (1, [1, 3], [0.8, 0.7])]
+    (entry,) = output.outputs
+    assert base64.b64decode(entry["data"]["image/png"])[:8] == PNG_SIGNATURE
+    assert not plt.get_fignums()  # rendered figures are closed, not left for pyplot to show again
+    with pytest.raises(ValueError, match="shape"):
+        viz.neighbour_explorer(queries, sim[:2], candidates)
