@@ -54,11 +54,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_checkpoint(backbone: str) -> Path | str:
-    """``tiny`` -> the cached tiny VLM (built if missing); a folder -> itself; else a hub id, as is."""
-    if backbone == "tiny":
+    """``tiny`` (``tiny-smoke``) -> the cached tiny VLM (built if missing); a folder -> itself; else a hub id."""
+    if backbone in ("tiny", "tiny-smoke"):
         from .tiny import ensure_tiny_vlm
 
-        return ensure_tiny_vlm()
+        return ensure_tiny_vlm(smoke=backbone == "tiny-smoke")
     path = Path(backbone).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -83,6 +83,17 @@ def lora_config(cfg: ModelConfig) -> LoraConfig:
     targets = "|".join(cfg.lora_targets)
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       use_dora=cfg.use_dora, target_modules=rf".*language_model.*\.({targets})", bias="none")
+
+
+def _keep_4bit_trainable_on_cpu(model: nn.Module) -> None:
+    """bitsandbytes repacks 4-bit weights for a faster CPU kernel the first time a layer runs in eval mode,
+    and a layer with a bias then fails in training mode (an in-place add on a leaf). Stages evaluate
+    between training steps, so comalite keeps the trainable layout."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 @dataclass
@@ -208,6 +219,8 @@ def load_backbone(cfg: ModelConfig, *, adapters: list[tuple[str, str | Path]] = 
     elif cfg.quantization != "none":
         raise ValueError(f"model.quantization must be 'nf4' or 'none', not {cfg.quantization!r}")
     hf = model_class.from_pretrained(str(checkpoint), **kwargs)
+    if cfg.quantization == "nf4":
+        _keep_4bit_trainable_on_cpu(hf)
     if max(processor.compress_ids, default=0) >= hf.get_input_embeddings().num_embeddings:
         hf.resize_token_embeddings(len(processor.tokenizer))
     hf.requires_grad_(False)
@@ -223,10 +236,12 @@ def load_backbone(cfg: ModelConfig, *, adapters: list[tuple[str, str | Path]] = 
             model = PeftModel.from_pretrained(hf, str(folder), adapter_name=name, is_trainable=False)
         names.append(name)
     if train_adapter:
-        if isinstance(model, PeftModel):
-            model.add_adapter(train_adapter, lora_config(cfg))
-        else:
-            model = get_peft_model(hf, lora_config(cfg), adapter_name=train_adapter)
+        with torch.random.fork_rng():  # LoRA A's init draws from torch's RNG: seed it, leave the caller's alone
+            torch.manual_seed(seed)
+            if isinstance(model, PeftModel):
+                model.add_adapter(train_adapter, lora_config(cfg))
+            else:
+                model = get_peft_model(hf, lora_config(cfg), adapter_name=train_adapter)
         names.append(train_adapter)
     if isinstance(model, PeftModel):
         model.base_model.set_adapter(names)  # all active: their low-rank updates add up

@@ -2,7 +2,7 @@
 
     comalite demo                          # everything on the tiny preset: data, tiny VLM, both stages, eval
     comalite data      [--preset P]        # build ShapesWorld (tiny) / check the MMEB folder
-    comalite build-tiny [--force]          # (re)build the tiny VLM
+    comalite build-tiny [--force] [--smoke] # (re)build the tiny VLM
     comalite stage1    [--preset P] [--set section.field=value ...]
     comalite stage2    [--preset P] [--set stage2.init=backbone]   # contrastive-only baseline
     comalite eval      [--preset P] [--models base,stage1,stage2,...]
@@ -43,14 +43,11 @@ def cmd_build_tiny(args) -> None:
     import shutil
 
     from .config import home_dir
-    from .tiny import build_tiny_vlm, ensure_tiny_vlm
+    from .tiny import ensure_tiny_vlm
 
-    target = home_dir() / "tiny-vlm"
     if args.force:
-        shutil.rmtree(target, ignore_errors=True)
-        path = build_tiny_vlm(target, data_cfg=_config(args))
-    else:
-        path = ensure_tiny_vlm(target)
+        shutil.rmtree(home_dir() / ("tiny-vlm-smoke" if args.smoke else "tiny-vlm"), ignore_errors=True)
+    path = ensure_tiny_vlm(smoke=args.smoke)
     print(f"tiny VLM in {path}")
     print((path / "tiny_report.json").read_text())
 
@@ -114,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
 
     add("config", cmd_config, "print the resolved configuration")
     add("data", cmd_data, "build ShapesWorld or check the data folder")
-    add("build-tiny", cmd_build_tiny, "build the tiny VLM").add_argument("--force", action="store_true")
+    p = add("build-tiny", cmd_build_tiny, "build the tiny VLM (cached under the home folder)")
+    p.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    p.add_argument("--smoke", action="store_true", help="the smoke-mode copy (short stage 0)")
     add("stage1", cmd_stage1, "compression pre-training")
     add("stage2", cmd_stage2, "contrastive tuning")
     add("eval", cmd_eval, "MMEB-protocol evaluation").add_argument(

@@ -63,6 +63,7 @@ class DataConfig:
     """Where the data comes from. ``shapesworld`` builds the synthetic world under the run home."""
 
     source: str = "shapesworld"       # "shapesworld" or "mmeb"
+    name: str = "shapesworld"         # ShapesWorld's folder under the home (smoke mode keeps its own)
     root: str = ""                    # folder of the data; "" = <home>/shapesworld for ShapesWorld
     image_root: str = ""              # images for real MMEB files ("" = root)
     seed: int = 0
@@ -131,7 +132,7 @@ class Config:
 
     def data_root(self) -> Path:
         """The data folder (ShapesWorld is built there if missing)."""
-        return Path(self.data.root) if self.data.root else home_dir() / "shapesworld"
+        return Path(self.data.root) if self.data.root else home_dir() / self.data.name
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -186,9 +187,20 @@ def preset_path(preset: str) -> Path:
     return path
 
 
-def load_config(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the preset's YAML, then ``section.field=value`` overrides, in that order."""
+SMOKE_OVERRIDES = (
+    # Smoke mode (notebooks' quick switch, tests, CI): the same code on a small ShapesWorld, a tiny VLM
+    # with a short stage 0, short runs; all in folders of their own so they never clobber a full run.
+    "name=tiny-smoke", "model.backbone=tiny-smoke", "data.name=shapesworld-smoke", "data.n_stage1_images=360", "data.n_train_per_subset=120", "data.n_eval_queries=24", "data.n_candidates=8",
+    "stage1.heldout=60", "stage1.train.steps=30", "stage2.train.steps=20", "stage2.train.batch_size=32",
+    "stage2.sub_batch_size=16", "stage2.chunk_size=16",
+)
+
+
+def load_config(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = (), *, smoke: bool = False) -> Config:
+    """Defaults, then the preset's YAML, then (``smoke``) ``SMOKE_OVERRIDES``, then ``section.field=value``
+    overrides, in that order."""
     cfg = Config()
+    overrides = (*SMOKE_OVERRIDES, *overrides) if smoke else tuple(overrides)
     path = preset_path(preset)
     with open(path) as f:
         _update(cfg, yaml.safe_load(f) or {}, path.name)

@@ -70,7 +70,9 @@ class EmbeddingModel:
         chunks = range(0, len(inputs), self.batch_size)
         out = [encode(self.backbone, inputs[i:i + self.batch_size], self.pooling).cpu()
                for i in tqdm(chunks, desc=f"embed {self.name}", disable=not progress)]
-        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, 0), np.float32)
+        if not out:
+            return np.zeros((0, self.backbone.hf.config.text_config.hidden_size), np.float32)
+        return torch.cat(out).numpy().astype(np.float32)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         return self.embed([EmbedInput(text=t) for t in texts])

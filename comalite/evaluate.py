@@ -26,9 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +35,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from comalite.atomic import atomic_write, atomic_write_text
 from comalite.records import META_TASKS, DatasetInfo, EmbedInput, EvalDataset
 
 log = logging.getLogger(__name__)
@@ -215,17 +214,9 @@ def _load_chunks(folder: Path, n: int) -> dict[int, np.ndarray]:
     return chunks
 
 
-def _save_atomic(path: Path, write) -> None:
-    """Write a file through ``write(file_object)`` into a temporary sibling, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save on a path would append ".npy" to the temp name
+        np.save(fh, array)
 
 
 def _missing_batches(done: np.ndarray, batch_size: int) -> list[tuple[int, int]]:
@@ -275,7 +266,7 @@ def _encode(
     for lo, hi in todo:
         array = _checked(embedder, inputs[lo:hi])
         if cache is not None:
-            _save_atomic(cache / f"rows_{lo:07d}-{hi:07d}.npy", lambda fh: np.save(fh, array))
+            atomic_write(cache / f"rows_{lo:07d}-{hi:07d}.npy", lambda tmp: _save_npy(tmp, array))
         chunks[lo] = array
         done[lo:hi] = True
         n_encoded += hi - lo
@@ -414,9 +405,9 @@ def save_results(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
     json_path, md_path = out / "results.json", out / "results.md"
     text = json.dumps(results, indent=1)
-    _save_atomic(json_path, lambda fh: fh.write(text.encode()))
+    atomic_write_text(json_path, text)
     table = format_table(results)
-    _save_atomic(md_path, lambda fh: fh.write(table.encode()))
+    atomic_write_text(md_path, table)
     return json_path, md_path
 
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from comalite.atomic import atomic_write
 from comalite.records import (
     IMAGE_PLACEHOLDER,
     Dialogue,
@@ -275,20 +276,6 @@ def load_image(path) -> Image.Image:
 # ----------------------------------------------------------------------------- writers
 
 
-def _write_atomic(path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Hidden name: a folder glob for "<split>*" never picks up a file still being written.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _columns(rows: list[dict], columns: tuple[str, ...], optional: tuple[str, ...], default) -> dict[str, list]:
     data = {c: [] for c in columns}
     for i, row in enumerate(rows):
@@ -306,7 +293,7 @@ def write_train_subset(rows: list[dict], path) -> None:
     """Write MMEB-train-schema rows (dicts keyed by ``TRAIN_COLUMNS``; ``neg_*`` default "") to parquet."""
     data = _columns(rows, TRAIN_COLUMNS, _OPTIONAL_TRAIN_COLUMNS, "")
     table = pa.table({c: pa.array(data[c], pa.string()) for c in TRAIN_COLUMNS})
-    _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_eval_dataset(rows: list[dict], path) -> None:
@@ -318,7 +305,7 @@ def write_eval_dataset(rows: list[dict], path) -> None:
     types = {"qry_text": pa.string(), "qry_img_path": pa.string(),
              "tgt_text": pa.list_(pa.string()), "tgt_img_path": pa.list_(pa.string())}
     table = pa.table({c: pa.array(data[c], types[c]) for c in EVAL_COLUMNS})
-    _write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 # ----------------------------------------------------------------------------- stage-1 dialogues
@@ -343,7 +330,7 @@ def write_dialogues(dialogues, path, image_root) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(lines)
 
-    _write_atomic(path, write)
+    atomic_write(path, write)
 
 
 def read_dialogues(path, image_root) -> list[Dialogue]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .backbone import Backbone, load_backbone
 from .config import ModelConfig
-from .trainer import atomic_write_json
+from .atomic import atomic_write_json
 
 RESULT_FILE = "result.json"
 

@@ -56,10 +56,15 @@ class TinyConfig:
     vision_dim: int = 64
     image_size: int = 112
     stage0: TrainConfig = None        # set in __post_init__
+    supervise: str = "answers"        # stage-0 loss on answers only: questions are templates, answers need the image
+    split_turns: bool = True          # one QA turn per sequence: 5x more image passes for the same tokens,
+                                      # and no copying answers from an earlier description in context
+
+    SMOKE_STAGE0 = TrainConfig(steps=150, batch_size=32, lr=3e-3, warmup_ratio=0.05, save_every=0, log_every=50)
 
     def __post_init__(self):
         if self.stage0 is None:
-            self.stage0 = TrainConfig(steps=600, batch_size=32, lr=3e-3, warmup_ratio=0.05, save_every=200,
+            self.stage0 = TrainConfig(steps=400, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=100,
                                       log_every=20, weight_decay=0.01)
 
 
@@ -145,8 +150,10 @@ def build_tiny_vlm(out_dir: str | Path | None = None, tc: TinyConfig | None = No
     dialogues = stage1_dialogues(data_cfg)
     n_heldout = data_cfg.stage1.heldout  # the same dialogues stage 1 holds out
     train, heldout = dialogues[:-n_heldout], dialogues[-n_heldout:]
+    if tc.split_turns:
+        train = [Dialogue(turns=(turn,), image=d.image, text=d.text) for d in train for turn in d.turns]
     examples = lambda ds: dialogue_examples(backbone.processor, ds, data_cfg.stage1, with_compression=False)
-    history = train_lm(backbone, train, tc.stage0, work / "stage0", compression_mask=False, supervise="all",
+    history = train_lm(backbone, train, tc.stage0, work / "stage0", compression_mask=False, supervise=tc.supervise,
                        with_compression=False, stage1_cfg=data_cfg.stage1, desc="stage 0")
     accuracy = answer_accuracy(backbone, examples(heldout), compression_mask=False)
 
@@ -166,10 +173,17 @@ def build_tiny_vlm(out_dir: str | Path | None = None, tc: TinyConfig | None = No
     return out_dir
 
 
-def ensure_tiny_vlm(out_dir: str | Path | None = None) -> Path:
-    """The cached tiny VLM, built (a few minutes on a CPU) the first time it is asked for."""
-    out_dir = Path(out_dir) if out_dir else home_dir() / "tiny-vlm"
+def ensure_tiny_vlm(*, smoke: bool = False) -> Path:
+    """The cached tiny VLM, built the first time it is asked for (a few minutes on a CPU).
+
+    ``smoke``: a separate copy with a short stage 0 on the smoke-mode data, for tests and quick notebook
+    runs: a working checkpoint of the same architecture, not a good VLM.
+    """
+    from .config import load_config
+
+    out_dir = home_dir() / ("tiny-vlm-smoke" if smoke else "tiny-vlm")
     if not (out_dir / "tiny_report.json").exists():
-        log.warning("building the tiny VLM into %s (once; a few minutes on a CPU)", out_dir)
-        build_tiny_vlm(out_dir)
+        log.warning("building the tiny VLM into %s (once; %s on a CPU)", out_dir, "a minute" if smoke else "minutes")
+        tc = TinyConfig(stage0=TinyConfig.SMOKE_STAGE0) if smoke else TinyConfig()
+        build_tiny_vlm(out_dir, tc, data_cfg=load_config("tiny", smoke=smoke))
     return out_dir

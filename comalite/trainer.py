@@ -11,10 +11,8 @@ one. A non-finite loss or gradient stops the run before the optimizer step, keep
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import random
 from pathlib import Path
 from typing import Callable
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write, atomic_write_json
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -44,12 +43,6 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: 
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def atomic_write_json(data, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict:
@@ -99,9 +92,7 @@ class Trainer:
         state = {"step": self.step, "history": self.history, "rng": _rng_state(),
                  "params": {n: p.detach().cpu() for n, p in self.params.items()},
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self) -> bool:
         """Resume from ``checkpoint.pt`` if present; returns whether it did."""

@@ -20,36 +20,27 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("MPLCONFIGDIR", str(_HOME / "mpl"))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-TEST_DATA = ["data.n_stage1_images=360", "data.n_train_per_subset=120", "data.n_eval_queries=24",
-             "data.n_candidates=8", "stage1.heldout=60"]
-
-
 def make_config(*overrides: str, out: Path | None = None):
-    """The tiny preset on the session's small data; ``out`` is the run folder."""
+    """The tiny preset in smoke mode (the session's small data); ``out`` is the run folder."""
     from comalite.config import load_config
 
-    sets = list(TEST_DATA) + list(overrides)
-    if out is not None:
-        sets.append(f"out_dir={out}")
-    return load_config("tiny", sets)
+    sets = list(overrides) + ([f"out_dir={out}"] if out is not None else [])
+    return load_config("tiny", sets, smoke=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_home() -> Path:
-    """Builds (once) the small ShapesWorld and the tiny VLM that the preset name ``tiny`` resolves to."""
-    from comalite.config import TrainConfig, home_dir
-    from comalite.tiny import TinyConfig, build_tiny_vlm
+    """Builds (once) the smoke-mode ShapesWorld and tiny VLM that the preset name ``tiny-smoke`` resolves to."""
+    from comalite.config import home_dir
+    from comalite.tiny import ensure_tiny_vlm
 
-    home = home_dir()
-    if not (home / "tiny-vlm" / "tiny_report.json").exists():
-        tc = TinyConfig(stage0=TrainConfig(steps=40, batch_size=16, lr=3e-3, warmup_ratio=0.05, save_every=0))
-        build_tiny_vlm(home / "tiny-vlm", tc, data_cfg=make_config())
-    return home
+    ensure_tiny_vlm(smoke=True)
+    return home_dir()
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_home) -> Path:
-    return tiny_home / "tiny-vlm"
+    return tiny_home / "tiny-vlm-smoke"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,230 @@
+"""Benchmark stage-1 training speed and memory: seconds per optimizer step, 4-bit (nf4) base vs unquantised.
+
+    python benchmarks/bench_stage1_speed.py                              # nf4 and none, 10 steps after 3 warm-up
+    python benchmarks/bench_stage1_speed.py --steps 20 --warmup 5 --batch-size 8
+    python benchmarks/bench_stage1_speed.py --checkpoint DIR --preset qwen2-vl-2b --device cuda
+
+Each quantization runs in a fresh process (forked from a server that has only imported the libraries),
+which loads the stage-1 backbone exactly as ``comalite.stage1.run_stage1`` does (``load_stage1_backbone``:
+fresh LoRA ``stage1``, fresh compression rows, the preset's model settings with ``model.quantization``
+set) and runs ``--warmup`` + ``--steps`` optimizer steps of stage 1 on the preset's training dialogues:
+the batch of step ``s`` (``batch_indices``), ``dialogue_examples`` + ``collate``, ``lm_loss`` through the
+compression mask, backward, gradient clipping and an AdamW step (as ``train_lm`` and ``Trainer`` do).
+
+Reported per quantization: the median (and min/max) seconds per step over the measured steps, split into
+data preparation (image loading, tokenising, collating) and compute (forward, backward, optimizer), tokens
+per step, and the peak memory: peak RSS on CPU (``getrusage``), ``torch.cuda.max_memory_allocated`` on
+CUDA, absolute and minus a baseline read after the model load. Plus the ratio nf4 / none.
+The numbers go to a JSON file (default ``benchmarks/results/stage1_speed.json``) and to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "stage1_speed.json"
+QUANTIZATIONS = ("nf4", "none")
+PRELOAD = ["torch", "transformers", "peft", "bitsandbytes", "transformers.models.qwen2_vl.modeling_qwen2_vl",
+           "comalite.backbone", "comalite.embedding", "comalite.gradcache", "comalite.loss", "comalite.datasets",
+           "comalite.stage1", "comalite.objective"]
+"""Imported once by the fork server: each configuration's process starts from there, not from scratch."""
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def measure(spec: dict) -> dict:
+    """One quantization, in this (fresh) process: load, ``warmup + steps`` timed stage-1 steps, peak memory."""
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    from comalite.config import load_config
+    from comalite.datasets import stage1_dialogues
+    from comalite.objective import lm_loss
+    from comalite.sequence import collate
+    from comalite.stage1 import batch_indices, dialogue_examples, load_stage1_backbone
+    from comalite.trainer import seed_everything
+
+    backbone_set = [f"model.backbone={spec['checkpoint']}"] if spec["checkpoint"] else []
+    cfg = load_config(spec["preset"], [*backbone_set, f"model.device={spec['device']}",
+                                       f"model.quantization={spec['quantization']}", *spec["overrides"]],
+                      smoke=spec["smoke"])
+    s1 = cfg.stage1
+    batch_size = spec["batch_size"] or s1.train.batch_size
+    dialogues = stage1_dialogues(cfg)
+    train = dialogues[:-s1.heldout] if len(dialogues) > s1.heldout else dialogues
+    backbone = load_stage1_backbone(cfg)
+    cuda = backbone.device.type == "cuda"
+    params = backbone.trainable_parameters()
+    optimizer = torch.optim.AdamW(params.values(), lr=s1.train.lr, weight_decay=s1.train.weight_decay)
+    pad_id = backbone.processor.tokenizer.pad_token_id
+    seed_everything(s1.train.seed)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    base_rss = _rss_mb()
+
+    steps = []
+    backbone.train()
+    for step in range(spec["warmup"] + spec["steps"]):
+        start = time.perf_counter()
+        idx = batch_indices(step, batch_size, len(train), s1.train.seed)
+        batch = collate(dialogue_examples(backbone.processor, [train[i] for i in idx], s1), pad_id)
+        ready = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = lm_loss(backbone, batch, compression_mask=s1.mask, supervise=s1.supervise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(params.values()), s1.train.max_grad_norm)
+        optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
+        end = time.perf_counter()
+        steps.append({"seconds": end - start, "data_seconds": ready - start, "compute_seconds": end - ready,
+                      "loss": float(loss), "tokens": int(batch["attention_mask"].sum()),
+                      "padded_tokens": int(batch["input_ids"].numel()), "warmup": step < spec["warmup"]})
+    peak_rss = _rss_mb()
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        base, peak = base_rss, peak_rss
+    measured = [s for s in steps if not s["warmup"]] or steps
+    seconds = [s["seconds"] for s in measured]
+    summary = backbone.summary()
+    return {
+        "quantization": spec["quantization"], "device": str(backbone.device), "dtype": str(backbone.dtype),
+        "batch_size": batch_size, "warmup_steps": spec["warmup"], "measured_steps": len(measured),
+        "median_s_per_step": statistics.median(seconds), "min_s_per_step": min(seconds),
+        "max_s_per_step": max(seconds),
+        "median_data_s_per_step": statistics.median(s["data_seconds"] for s in measured),
+        "median_compute_s_per_step": statistics.median(s["compute_seconds"] for s in measured),
+        "tokens_per_step": statistics.mean(s["tokens"] for s in measured),
+        "memory": "cuda_max_allocated" if cuda else "peak_rss",
+        "baseline_mb": base, "peak_mb": peak, "delta_mb": peak - base,
+        "baseline_rss_mb": base_rss, "peak_rss_mb": peak_rss,
+        "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"],
+        "backbone": cfg.model.backbone, "trainable_params": summary["trainable_params"],
+        "linear4bit_modules": summary["linear4bit_modules"],
+        "torch_threads": torch.get_num_threads(), "steps": steps,
+    }
+
+
+def _worker(spec: dict, conn) -> None:
+    try:
+        result = measure(spec)
+    except BaseException as err:  # report it to the parent rather than dying silently
+        result = {"quantization": spec["quantization"], "error": f"{type(err).__name__}: {err}",
+                  "traceback": traceback.format_exc()}
+    conn.send(result)
+    conn.close()
+
+
+def run_isolated(spec: dict, timeout: float | None = None) -> dict:
+    """Run ``measure(spec)`` in a fresh process forked from the preloaded fork server."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker, args=(spec, send))
+    proc.start()
+    send.close()
+    result = receive.recv() if receive.poll(timeout) else None
+    proc.join(5 if result is not None else 0)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    if result is None:
+        result = {"quantization": spec["quantization"],
+                  "error": f"the worker died (exit code {proc.exitcode}) or timed out; out of memory?"}
+    return result
+
+
+def run_benchmark(out_file: str | Path, *, quantizations=QUANTIZATIONS, steps: int = 10, warmup: int = 3,
+                  batch_size: int | None = None, device: str = "auto", checkpoint: str | None = None,
+                  preset: str = "tiny", overrides: list[str] = (), smoke: bool = False, threads: int | None = None,
+                  timeout: float | None = None) -> dict:
+    load_before = os.getloadavg()[0]
+    rows = []
+    for quantization in quantizations:
+        spec = {"quantization": quantization, "steps": steps, "warmup": warmup, "batch_size": batch_size,
+                "device": device, "checkpoint": checkpoint, "preset": preset, "overrides": list(overrides),
+                "smoke": smoke, "threads": threads}
+        row = run_isolated(spec, timeout)
+        rows.append(row)
+        if "error" in row:
+            print(f"{quantization:5s} FAILED: {row['error']}", file=sys.stderr)
+    ok = {r["quantization"]: r for r in rows if "error" not in r}
+    ratio = None
+    if "nf4" in ok and "none" in ok:
+        ratio = {"s_per_step": ok["nf4"]["median_s_per_step"] / ok["none"]["median_s_per_step"],
+                 "compute_s_per_step": ok["nf4"]["median_compute_s_per_step"] / ok["none"]["median_compute_s_per_step"],
+                 "peak_mb": ok["nf4"]["peak_mb"] / ok["none"]["peak_mb"]}
+    first = next(iter(ok.values()), {})
+    report = {
+        "device": first.get("device", device), "memory": first.get("memory"), "checkpoint": checkpoint,
+        "preset": preset, "overrides": list(overrides), "steps": steps, "warmup": warmup,
+        "batch_size": first.get("batch_size", batch_size), "torch_threads": first.get("torch_threads", threads),
+        "cpu_count": os.cpu_count(), "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
+        "rows": rows, "nf4_over_none": ratio,
+    }
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+
+    unit = "peak RSS" if report["memory"] == "peak_rss" else "CUDA max allocated"
+    print(f"stage 1, preset {preset}, batch {report['batch_size']}, device {report['device']}, "
+          f"median of {steps} steps after {warmup} warm-up; memory = {unit}")
+    print(f"{'quant':>5s} {'s/step':>8s} {'min':>7s} {'max':>7s} {'data s':>7s} {'compute':>8s} {'tokens':>7s} "
+          f"{'peak MB':>8s} {'delta MB':>9s} {'4-bit':>6s}")
+    for r in ok.values():
+        print(f"{r['quantization']:>5s} {r['median_s_per_step']:8.3f} {r['min_s_per_step']:7.3f} "
+              f"{r['max_s_per_step']:7.3f} {r['median_data_s_per_step']:7.3f} {r['median_compute_s_per_step']:8.3f} "
+              f"{r['tokens_per_step']:7.0f} {r['peak_mb']:8.1f} {r['delta_mb']:9.1f} {r['linear4bit_modules']:6d}")
+    if ratio:
+        print(f"nf4 / none: {ratio['s_per_step']:.2f}x time per step ({ratio['compute_s_per_step']:.2f}x compute), "
+              f"{ratio['peak_mb']:.2f}x peak memory")
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quantizations", default=",".join(QUANTIZATIONS), help="nf4, none or both")
+    parser.add_argument("--steps", type=int, default=10, help="measured optimizer steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="optimizer steps run first and not measured")
+    parser.add_argument("--batch-size", type=int, help="dialogues per step (default: the preset's stage1.train)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--checkpoint", help="model.backbone: a checkpoint folder (default: the preset's, e.g. "
+                                             "'tiny' = $COMALITE_HOME/tiny-vlm, built if missing)")
+    parser.add_argument("--smoke", action="store_true", help="smoke mode: the small ShapesWorld and the "
+                                                              "tiny-vlm-smoke checkpoint (comalite.config)")
+    parser.add_argument("--preset", default="tiny", help="config preset for the model and data settings")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a preset setting, e.g. model.n_compress=16 (repeatable)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads in each worker (default: torch's "
+                                                     "choice; 1 on a CPU shared with other jobs)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per quantization")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the numbers")
+    args = parser.parse_args(argv)
+    quantizations = tuple(q for q in args.quantizations.split(",") if q)
+    if unknown := set(quantizations) - set(QUANTIZATIONS):
+        parser.error(f"unknown quantizations {sorted(unknown)}; choose from {', '.join(QUANTIZATIONS)}")
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+    return run_benchmark(args.out, quantizations=quantizations, steps=args.steps, warmup=args.warmup,
+                         batch_size=args.batch_size, device=args.device, checkpoint=args.checkpoint,
+                         preset=args.preset, overrides=args.overrides, smoke=args.smoke, threads=args.threads,
+                         timeout=args.timeout)
+
+
+if __name__ == "__main__":
+    report = main()
+    sys.exit(1 if any("error" in r for r in report["rows"]) else 0)

@@ -1,0 +1,175 @@
+"""Benchmark building the tiny VLM: wall time, stage-0 speed, and whether it learned to look at images.
+
+    python benchmarks/bench_tiny_build.py                      # the real build (600 stage-0 steps), temp home
+    python benchmarks/bench_tiny_build.py --steps 50           # a shorter stage 0
+    python benchmarks/bench_tiny_build.py --home /tmp/h        # keep the data and the model in /tmp/h
+    python benchmarks/bench_tiny_build.py --set data.root=DIR  # reuse an existing ShapesWorld folder
+    python benchmarks/bench_tiny_build.py --smoke              # smoke mode: small data, 40-step stage 0
+
+``comalite.tiny.build_tiny_vlm`` trains a tokenizer, initialises a small Qwen2-VL, runs "stage 0" (a short
+generative pre-training on ShapesWorld QA dialogues) and scores held-out answers. This script times it
+into a fresh ``COMALITE_HOME`` (a temporary folder unless ``--home``), after building the ShapesWorld data
+there first (timed separately: ``data_seconds``), and reports:
+
+- ``build_seconds``: the whole ``build_tiny_vlm`` call (tokenizer, init, stage 0, held-out scoring, save);
+- ``stage0_seconds`` / ``stage0_steps_per_s``: the stage-0 training loop alone (``comalite.stage1.train_lm``,
+  which the build calls, is wrapped by a timer for the duration of the build);
+- ``heldout_answer_accuracy`` against ``blind_baseline_accuracy`` (from ``tiny_report.json``): the most
+  frequent training answer per question, never looking at the image. The margin is what stage 0 bought;
+- ``torch_threads``, CPU count and peak RSS.
+The numbers go to a JSON file (default ``benchmarks/results/tiny_build.json``) and to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "tiny_build.json"
+
+
+@contextlib.contextmanager
+def _timed_train_lm(record: dict):
+    """Wrap ``comalite.stage1.train_lm`` (which ``build_tiny_vlm`` imports at call time) with a timer."""
+    import comalite.stage1 as stage1
+
+    original = stage1.train_lm
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        history = original(*args, **kwargs)
+        record["seconds"] = time.perf_counter() - start
+        record["steps"] = len(history)
+        record["sequences"] = len(args[1]) if len(args) > 1 else len(kwargs.get("dialogues", ()))
+        return history
+
+    stage1.train_lm = timed
+    try:
+        yield record
+    finally:
+        stage1.train_lm = original
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None, batch_size: int | None = None,
+                  overrides: list[str] = (), threads: int | None = None, keep_home: bool = True,
+                  smoke: bool = False) -> dict:
+    """Build ShapesWorld and the tiny VLM under ``home``; write and return the timings and accuracies."""
+    os.environ["COMALITE_HOME"] = str(home)  # read at call time by comalite.config.home_dir
+    import torch
+
+    from comalite.config import load_config
+    from comalite.datasets import ensure_data
+    from comalite.tiny import TinyConfig, build_tiny_vlm
+
+    if threads:
+        torch.set_num_threads(threads)
+    # What ``comalite.tiny.ensure_tiny_vlm(smoke=...)`` builds: the same data config and stage-0 settings.
+    data_cfg = load_config("tiny", list(overrides), smoke=smoke)
+    tc = TinyConfig(stage0=dataclasses.replace(TinyConfig.SMOKE_STAGE0)) if smoke else TinyConfig()
+    if steps is not None:
+        tc.stage0.steps = steps
+    if batch_size is not None:
+        tc.stage0.batch_size = batch_size
+
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    data_root = ensure_data(data_cfg)
+    data_seconds = time.perf_counter() - start
+
+    stage0: dict = {}
+    start = time.perf_counter()
+    with _timed_train_lm(stage0):
+        model_dir = build_tiny_vlm(home / ("tiny-vlm-smoke" if smoke else "tiny-vlm"), tc, data_cfg=data_cfg)
+    build_seconds = time.perf_counter() - start
+
+    tiny = json.loads((model_dir / "tiny_report.json").read_text())
+    report = {
+        "build_seconds": build_seconds,
+        "data_seconds": data_seconds,
+        "stage0_seconds": stage0.get("seconds"),
+        "stage0_steps": stage0.get("steps"),
+        "stage0_batch_size": tc.stage0.batch_size,
+        "stage0_sequences": stage0.get("sequences"),
+        "stage0_steps_per_s": stage0["steps"] / stage0["seconds"] if stage0.get("seconds") else None,
+        "heldout_answer_accuracy": tiny["heldout_answer_accuracy"],
+        "blind_baseline_accuracy": tiny["blind_baseline_accuracy"],
+        "accuracy_over_blind": tiny["heldout_answer_accuracy"] - tiny["blind_baseline_accuracy"],
+        "heldout_answers": tiny["heldout_answers"],
+        "heldout_answer_loss": tiny["heldout_answer_loss"],
+        "stage0_first_loss": tiny["stage0_first_loss"],
+        "stage0_last_loss": tiny["stage0_last_loss"],
+        "parameters": tiny["parameters"],
+        "report_build_seconds": tiny["build_seconds"],
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]],
+        "peak_rss_mb": peak_rss_mb(),
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "data_root": str(data_root),
+        "smoke": smoke,
+        "overrides": list(overrides),
+        "model_dir": str(model_dir),
+        "home_kept": bool(keep_home),
+    }
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"data (ShapesWorld)     {data_seconds:8.1f} s")
+    print(f"build_tiny_vlm         {build_seconds:8.1f} s  ({tiny['parameters']:,} parameters)")
+    print(f"stage 0                {report['stage0_seconds']:8.1f} s  {report['stage0_steps']} steps x "
+          f"{tc.stage0.batch_size} = {report['stage0_steps_per_s']:.2f} steps/s  "
+          f"(loss {tiny['stage0_first_loss']:.3f} -> {tiny['stage0_last_loss']:.3f})")
+    print(f"held-out answers       {100 * tiny['heldout_answer_accuracy']:8.1f} %  vs blind baseline "
+          f"{100 * tiny['blind_baseline_accuracy']:.1f} %  ({tiny['heldout_answers']} answers)")
+    print(f"torch threads          {report['torch_threads']:8d}    (cpus: {report['cpu_count']}), "
+          f"peak RSS {report['peak_rss_mb']:.0f} MB")
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="build what smoke mode uses (small ShapesWorld, TinyConfig.SMOKE_STAGE0)")
+    parser.add_argument("--steps", type=int, help="stage-0 optimizer steps (default: TinyConfig's, 600; smoke 40)")
+    parser.add_argument("--batch-size", type=int, help="stage-0 batch size (default: TinyConfig's, 32; smoke 16)")
+    parser.add_argument("--home", help="COMALITE_HOME to build into and keep (default: a temporary folder, "
+                                       "deleted afterwards)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a tiny-preset setting for the data, e.g. data.n_stage1_images=360 "
+                             "or data.root=DIR (repeatable)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the numbers")
+    args = parser.parse_args(argv)
+
+    temporary = args.home is None
+    home = Path(tempfile.mkdtemp(prefix="comalite-bench-")) if temporary else Path(args.home)
+    previous = os.environ.get("COMALITE_HOME")
+    try:
+        return run_benchmark(home, args.out, steps=args.steps, batch_size=args.batch_size,
+                             overrides=args.overrides, threads=args.threads, keep_home=not temporary,
+                             smoke=args.smoke)
+    finally:
+        if previous is None:
+            os.environ.pop("COMALITE_HOME", None)
+        else:
+            os.environ["COMALITE_HOME"] = previous
+        if temporary:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

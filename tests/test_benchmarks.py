@@ -1,0 +1,104 @@
+"""Smoke tests: each benchmark script runs end to end at toy sizes and writes the JSON it promises.
+
+They call each script's ``main(argv)`` in this process in smoke mode, on the session's tiny model and small
+ShapesWorld (``conftest.py``). The memory and speed benchmarks run every configuration in a fresh process forked from
+a preloaded server; the first of them pays for that server's imports once.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """``bench(name)`` imports ``benchmarks/<name>.py`` as a module (importable by the worker processes too)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    yield importlib.import_module
+    sys.path.remove(str(BENCHMARKS))
+
+
+def _data_args(data_root: Path) -> list[str]:
+    """Smoke mode on the session's ShapesWorld (same parameters: it is reused, not rebuilt)."""
+    return ["--smoke", "--set", f"data.root={data_root}"]
+
+
+def _read(path: Path) -> dict:
+    assert path.is_file()
+    return json.loads(path.read_text())
+
+
+def test_bench_tiny_build(bench, tmp_path, data_root):
+    home_before = os.environ.get("COMALITE_HOME")
+    out = tmp_path / "tiny_build.json"
+    report = bench("bench_tiny_build").main(["--steps", "2", "--batch-size", "4", "--home", str(tmp_path / "home"),
+                                             *_data_args(data_root), "--out", str(out)])
+    assert os.environ.get("COMALITE_HOME") == home_before  # the session's home is restored
+    saved = _read(out)
+    assert saved == json.loads(json.dumps(report))
+    for key in ("build_seconds", "data_seconds", "stage0_seconds", "stage0_steps", "stage0_steps_per_s",
+                "heldout_answer_accuracy", "blind_baseline_accuracy", "accuracy_over_blind", "torch_threads",
+                "parameters", "peak_rss_mb"):
+        assert key in saved, key
+    assert saved["stage0_steps"] == 2 and saved["stage0_batch_size"] == 4 and saved["smoke"]
+    assert saved["build_seconds"] >= saved["stage0_seconds"] > 0
+    assert 0 <= saved["heldout_answer_accuracy"] <= 1 and 0 < saved["blind_baseline_accuracy"] < 1
+    assert saved["torch_threads"] >= 1
+    assert (tmp_path / "home" / "tiny-vlm-smoke" / "tiny_report.json").is_file()  # --home is kept
+    assert not (tmp_path / "home" / "shapesworld-smoke").exists()  # the session's data was reused
+
+
+def test_bench_gradcache_memory(bench, tmp_path, tiny_checkpoint, data_root):
+    out = tmp_path / "gradcache.json"
+    report = bench("bench_gradcache_memory").main(
+        ["--sizes", "4,8", "--chunk", "4", "--device", "cpu", "--threads", "1", "--checkpoint", str(tiny_checkpoint),
+         *_data_args(data_root), "--out", str(out)])
+    saved = _read(out)
+    assert saved["sizes"] == [4, 8] and saved["chunk"] == 4 and saved["memory"] == "peak_rss"
+    rows = saved["rows"]
+    expected = [(4, "gradcache"), (4, "full"), (8, "gradcache"), (8, "full")]
+    assert [(r["batch_size"], r["mode"]) for r in rows] == expected
+    for r in rows:
+        assert "error" not in r, r.get("traceback", r)
+        for key in ("peak_mb", "delta_mb", "baseline_mb", "step_seconds", "loss", "params_with_grad"):
+            assert key in r, key
+        assert r["peak_mb"] >= r["baseline_mb"] > 0
+        assert r["delta_mb"] == pytest.approx(r["peak_mb"] - r["baseline_mb"])
+        assert r["params_with_grad"] > 0 and r["grad_norm"] > 0
+        assert r["torch_threads"] == 1 and not r["pairs_repeated"]
+        assert r["backbone"] == str(tiny_checkpoint)
+    for size in (4, 8):  # both modes score the same batch: GradCache returns the one-pass loss
+        losses = [r["loss"] for r in rows if r["batch_size"] == size]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-3)
+    assert set(saved["growth"]) == {"gradcache", "full"}
+    assert isinstance(saved["gradcache_flatter_than_full"], bool)
+    assert report["rows"] == rows
+
+
+def test_bench_stage1_speed(bench, tmp_path, tiny_checkpoint, data_root):
+    out = tmp_path / "stage1.json"
+    bench("bench_stage1_speed").main(
+        ["--steps", "2", "--warmup", "1", "--batch-size", "4", "--device", "cpu", "--threads", "1",
+         "--checkpoint", str(tiny_checkpoint), *_data_args(data_root), "--out", str(out)])
+    saved = _read(out)
+    rows = {r["quantization"]: r for r in saved["rows"]}
+    assert set(rows) == {"nf4", "none"}
+    for q, r in rows.items():
+        assert "error" not in r, r.get("traceback", r)
+        for key in ("median_s_per_step", "median_data_s_per_step", "median_compute_s_per_step", "peak_mb",
+                    "delta_mb", "tokens_per_step", "first_loss", "last_loss"):
+            assert key in r, key
+        assert r["measured_steps"] == 2 and len(r["steps"]) == 3 and r["steps"][0]["warmup"]
+        assert r["min_s_per_step"] <= r["median_s_per_step"] <= r["max_s_per_step"]
+        assert r["batch_size"] == 4 and r["torch_threads"] == 1
+    layers = 4  # the session's tiny model (TinyConfig.layers)
+    assert rows["nf4"]["linear4bit_modules"] == layers * 7 and rows["none"]["linear4bit_modules"] == 0
+    assert rows["nf4"]["trainable_params"] == rows["none"]["trainable_params"]
+    assert saved["nf4_over_none"]["s_per_step"] > 0
