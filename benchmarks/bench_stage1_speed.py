@@ -91,7 +91,7 @@ def measure(spec: dict) -> dict:
             torch.cuda.synchronize()
         end = time.perf_counter()
         steps.append({"seconds": end - start, "data_seconds": ready - start, "compute_seconds": end - ready,
-                      "loss": float(loss), "tokens": int(batch["attention_mask"].sum()),
+                      "loss": loss.item(), "tokens": int(batch["attention_mask"].sum()),
                       "padded_tokens": int(batch["input_ids"].numel()), "warmup": step < spec["warmup"]})
     peak_rss = _rss_mb()
     if cuda:

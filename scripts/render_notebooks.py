@@ -56,7 +56,7 @@ def _parameters_cell(nb) -> int:
 def set_parameters(source: str, values: dict) -> str:
     """The parameters cell's source with each ``NAME = ...`` line set to ``values[NAME]`` (comments kept)."""
     for name, value in values.items():
-        pattern = re.compile(rf"^{name}\s*=.*$", re.M)
+        pattern = re.compile(rf"^{name}\s*=.*$", re.MULTILINE)
         if not pattern.search(source):
             raise ValueError(f"the parameters cell has no '{name} = ...' line")
         source = pattern.sub(f"{name} = {_literal(value)}", source, count=1)

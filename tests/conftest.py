@@ -24,7 +24,7 @@ def make_config(*overrides: str, out: Path | None = None):
     """The tiny preset in smoke mode (the session's small data); ``out`` is the run folder."""
     from comalite.config import load_config
 
-    sets = list(overrides) + ([f"out_dir={out}"] if out is not None else [])
+    sets = ([f"out_dir={out}"] if out is not None else []) + list(overrides)  # a test's own out_dir wins
     return load_config("tiny", sets, smoke=True)
 
 

@@ -140,7 +140,8 @@ def test_qwen2_vl_2b_architecture_loads_in_nf4_and_trains_one_stage1_step(scratc
     assert max(backbone.compression.token_ids) < TEXT["vocab_size"]
 
     # Trainable: LoRA r=16 on q, k, v, o of the 28 layers, plus the 32 compression rows.
-    hidden, kv = TEXT["hidden_size"], TEXT["num_key_value_heads"] * hidden // TEXT["num_attention_heads"]
+    hidden = TEXT["hidden_size"]
+    kv = TEXT["num_key_value_heads"] * hidden // TEXT["num_attention_heads"]  # 2 KV heads x head_dim 128
     per_layer = LORA_R * ((hidden + hidden) + (hidden + kv) + (hidden + kv) + (hidden + hidden))  # q, k, v, o
     trainable = backbone.trainable_parameters()
     lora = {n: p for n, p in trainable.items() if "lora_" in n}
