@@ -127,7 +127,8 @@ def measure(spec: dict) -> dict:
         "step_seconds": seconds, "loss": float(loss),
         "params_with_grad": len(grads), "grad_norm": float(torch.linalg.vector_norm(torch.stack(
             [torch.linalg.vector_norm(g.float()) for g in grads]))) if grads else 0.0,
-        "pairs_repeated": repeated, "quantization": cfg.model.quantization, "backbone": cfg.model.backbone,
+        "pairs_repeated": repeated, "subsets": sorted({p.subset for p in pairs}),
+        "quantization": cfg.model.quantization, "backbone": cfg.model.backbone,
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -135,7 +136,7 @@ def measure(spec: dict) -> dict:
 def _worker(spec: dict, conn) -> None:
     try:
         result = measure(spec)
-    except BaseException as err:  # report it to the parent rather than dying silently
+    except Exception as err:  # noqa: BLE001 - report any failure to the parent rather than dying silently
         result = {"mode": spec["mode"], "batch_size": spec["size"], "error": f"{type(err).__name__}: {err}",
                   "traceback": traceback.format_exc()}
     conn.send(result)

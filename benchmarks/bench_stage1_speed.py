@@ -122,7 +122,7 @@ def measure(spec: dict) -> dict:
 def _worker(spec: dict, conn) -> None:
     try:
         result = measure(spec)
-    except BaseException as err:  # report it to the parent rather than dying silently
+    except Exception as err:  # noqa: BLE001 - report any failure to the parent rather than dying silently
         result = {"quantization": spec["quantization"], "error": f"{type(err).__name__}: {err}",
                   "traceback": traceback.format_exc()}
     conn.send(result)

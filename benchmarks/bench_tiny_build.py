@@ -40,7 +40,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "tiny_build.json"
 @contextlib.contextmanager
 def _timed_train_lm(record: dict):
     """Wrap ``comalite.stage1.train_lm`` (which ``build_tiny_vlm`` imports at call time) with a timer."""
-    import comalite.stage1 as stage1
+    from comalite import stage1
 
     original = stage1.train_lm
 

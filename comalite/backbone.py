@@ -197,6 +197,10 @@ def load_backbone(cfg: ModelConfig, *, adapters: list[tuple[str, str | Path]] = 
     """
     checkpoint = resolve_checkpoint(cfg.backbone)
     device = resolve_device(cfg.device)
+    if device.type == "cpu" and cfg.cpu_threads:
+        # Tiny matrices gain little from threads, and on a shared CPU a parallel region waits for
+        # descheduled threads: 10-100x slower steps (benchmarks/README.md).
+        torch.set_num_threads(cfg.cpu_threads)
     dtype = resolve_dtype(cfg.dtype, device)
     saved_rows = CompressionTokens.load(compression_from) if compression_from else None
     n_compress = len(saved_rows.token_ids) if saved_rows is not None else cfg.n_compress

@@ -30,6 +30,7 @@ class ModelConfig:
     quantization: str = "nf4"         # "nf4" (bitsandbytes 4-bit, double quant) or "none"
     dtype: str = "auto"               # compute dtype: "auto" = bf16 where the GPU has it, else fp32
     device: str = "auto"              # "auto" = cuda if available, else cpu
+    cpu_threads: int = 0              # torch threads on CPU (0 = torch's default); tiny: 1, see benchmarks/
     n_compress: int = 32              # K compression tokens (paper: 32 best at 3B; CREM: 16 at 2B)
     lora_r: int = 16
     lora_alpha: int = 64

@@ -23,13 +23,6 @@ FIGURES_DIR = REPO_DIR / "docs" / "figures"
 
 STAGES = ("stage1", "stage2", "contrastive_only")
 
-SMOKE_WORKAROUND = ("data.name=shapesworld-smoke-320", "data.n_train_per_subset=320")
-"""Added to smoke mode while ``SMOKE_OVERRIDES`` holds out too few stage-2 pairs: ``run_stage2`` measures
-retrieval on blocks of 16 held-out pairs per subset (every 20th pair), so 120 rows per subset (6 held out)
-make it raise "held-out retrieval needs subsets of at least 16 held-out pairs"; 320 rows hold out 16. A
-data folder of its own, so the smoke ShapesWorld the tests share is never rebuilt under them. ``start``
-stops adding it as soon as ``SMOKE_OVERRIDES`` has enough rows."""
-
 # Set on import, before a notebook's other imports pull bitsandbytes and transformers in.
 warnings.filterwarnings("ignore", message=".*gemm_4bit_forward from kernels-community.*")
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
@@ -76,11 +69,6 @@ def start(notebook: str, preset: str = "tiny", smoke: bool = True, overrides: li
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("comalite.evaluate").setLevel(logging.ERROR)  # its warnings also come as Python warnings
     overrides = tuple(overrides)
-    if smoke:
-        from .stage2 import EVAL_BLOCK, HELDOUT_EVERY
-
-        if load_config(preset, overrides, smoke=True).data.n_train_per_subset // HELDOUT_EVERY < EVAL_BLOCK:
-            overrides = (*SMOKE_WORKAROUND, *overrides)
     cfg = load_config(preset, overrides, smoke=smoke)
     if cfg.model.backbone in ("tiny", "tiny-smoke") and not torch.cuda.is_available():
         # The tiny model's matrices are too small to split across threads: on a busy 2-core machine one

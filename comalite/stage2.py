@@ -42,22 +42,26 @@ def split_heldout(pairs: list[TrainPair]) -> tuple[list[TrainPair], list[TrainPa
 def inbatch_accuracy(backbone: Backbone, pairs: list[TrainPair], *, pooling: str = "mean",
                      block: int = EVAL_BLOCK) -> dict:
     """Top-1 accuracy of each query retrieving its own target among the targets of its block of pairs
-    (same subset, like training batches); chance is 1/block."""
+    (same subset, like training batches; blocks of ``block`` pairs, fewer where a subset holds fewer).
+    ``chance`` is the mean over queries of 1 / block size."""
     backbone.eval()
-    hits = total = 0
+    hits, chance, total = 0, 0.0, 0
     by_subset: dict[str, list[TrainPair]] = {}
     for pair in pairs:
         by_subset.setdefault(pair.subset, []).append(pair)
     for group in by_subset.values():
-        for start in range(0, len(group) - block + 1, block):
+        for start in range(0, len(group), block):
             chunk = group[start:start + block]
+            if len(chunk) < 2:
+                continue  # a query alone has nothing to be confused with
             q = encode(backbone, [p.query for p in chunk], pooling)
             t = encode(backbone, [p.positive for p in chunk], pooling)
             hits += int((torch.argmax(q @ t.T, dim=1) == torch.arange(len(chunk), device=q.device)).sum())
+            chance += 1.0
             total += len(chunk)
     if not total:
-        raise ValueError(f"held-out retrieval needs subsets of at least {block} held-out pairs")
-    return {"accuracy": hits / total, "pairs": total, "chance": 1 / block}
+        raise ValueError("held-out retrieval needs at least 2 held-out pairs of one subset")
+    return {"accuracy": hits / total, "pairs": total, "chance": chance / total}
 
 
 def load_stage2_backbone(cfg: Config) -> Backbone:

@@ -144,7 +144,7 @@ def build_tiny_vlm(out_dir: str | Path | None = None, tc: TinyConfig | None = No
     from .backbone import load_backbone
 
     mcfg = ModelConfig(backbone=str(init_dir), quantization="none", dtype="fp32", device="cpu", n_compress=0,
-                       gradient_checkpointing=False, min_pixels=pixels // 4, max_pixels=pixels)
+                       gradient_checkpointing=False, min_pixels=pixels // 4, max_pixels=pixels, cpu_threads=1)
     backbone = load_backbone(mcfg, train_adapter=None, train_compression=False)
     backbone.hf.requires_grad_(True)
     dialogues = stage1_dialogues(data_cfg)

@@ -90,7 +90,7 @@ def test_bench_stage1_speed(bench, tmp_path, tiny_checkpoint, data_root):
     saved = _read(out)
     rows = {r["quantization"]: r for r in saved["rows"]}
     assert set(rows) == {"nf4", "none"}
-    for q, r in rows.items():
+    for r in rows.values():
         assert "error" not in r, r.get("traceback", r)
         for key in ("median_s_per_step", "median_data_s_per_step", "median_compute_s_per_step", "peak_mb",
                     "delta_mb", "tokens_per_step", "first_loss", "last_loss"):
