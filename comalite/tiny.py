@@ -14,6 +14,7 @@ earns that role honestly:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -184,6 +185,6 @@ def ensure_tiny_vlm(*, smoke: bool = False) -> Path:
     out_dir = home_dir() / ("tiny-vlm-smoke" if smoke else "tiny-vlm")
     if not (out_dir / "tiny_report.json").exists():
         log.warning("building the tiny VLM into %s (once; %s on a CPU)", out_dir, "a minute" if smoke else "minutes")
-        tc = TinyConfig(stage0=TinyConfig.SMOKE_STAGE0) if smoke else TinyConfig()
+        tc = TinyConfig(stage0=dataclasses.replace(TinyConfig.SMOKE_STAGE0)) if smoke else TinyConfig()
         build_tiny_vlm(out_dir, tc, data_cfg=load_config("tiny", smoke=smoke))
     return out_dir

@@ -5,13 +5,17 @@ short (it only has to be a working Qwen2-VL checkpoint; the full build is the de
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 _HOME = Path(tempfile.mkdtemp(prefix="comalite-tests-"))
+if not os.environ.get("COMALITE_KEEP_TEST_HOME"):  # set it to inspect a session's runs afterwards
+    atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["COMALITE_HOME"] = str(_HOME / "home")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
