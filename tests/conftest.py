@@ -32,6 +32,18 @@ def make_config(*overrides: str, out: Path | None = None):
     return load_config("tiny", sets, smoke=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """The tiny model's matmuls are too small to share, and on a busy 2-core machine two threads spin
+    against other processes (a GradCache step measured 10-20x slower): the tiny preset's cpu_threads=1."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_home() -> Path:
     """Builds (once) the smoke-mode ShapesWorld and tiny VLM that the preset name ``tiny-smoke`` resolves to."""

@@ -21,16 +21,6 @@ CHUNK = 2
 LOSS = InfoNCELoss(temperature=0.05)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's matmuls are too small to share: one thread is faster, and on a busy 2-core machine
-    two threads spin against other processes (measured: a GradCache step 10-20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _load(checkpoint, quantization):
     cfg = ModelConfig(backbone=str(checkpoint), n_compress=4, max_pixels=12544, min_pixels=3136,
                       quantization=quantization, lora_dropout=0.3)
