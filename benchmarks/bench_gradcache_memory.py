@@ -26,26 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import resource
 import sys
 import time
-import traceback
 from pathlib import Path
+
+from isolated import rss_mb, run_isolated  # benchmarks/ is on sys.path when a script here runs
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "gradcache_memory.json"
 MODES = ("gradcache", "full")
-PRELOAD = ["torch", "transformers", "peft", "bitsandbytes", "transformers.models.qwen2_vl.modeling_qwen2_vl",
-           "comalite.backbone", "comalite.embedding", "comalite.gradcache", "comalite.loss", "comalite.datasets",
-           "comalite.stage1", "comalite.objective"]
-"""Imported once by the fork server: each configuration's process starts from there, not from scratch."""
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-
-
 def select_pairs(pairs: list, size: int) -> tuple[list, bool]:
     """``size`` pairs whose query has an image and whose target is text only, from one subset when one
     has enough (like a training sub-batch); cycled if there are too few (then ``True`` is returned too)."""
@@ -98,7 +87,7 @@ def measure(spec: dict) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
-    base_rss = _rss_mb()
+    base_rss = rss_mb()
 
     queries, targets = [p.query for p in pairs], [p.positive for p in pairs]
     if spec["mode"] == "gradcache":
@@ -112,7 +101,7 @@ def measure(spec: dict) -> dict:
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak_rss = _rss_mb()
+    peak_rss = rss_mb()
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -131,35 +120,6 @@ def measure(spec: dict) -> dict:
         "quantization": cfg.model.quantization, "backbone": cfg.model.backbone,
         "torch_threads": torch.get_num_threads(),
     }
-
-
-def _worker(spec: dict, conn) -> None:
-    try:
-        result = measure(spec)
-    except Exception as err:  # noqa: BLE001 - report any failure to the parent rather than dying silently
-        result = {"mode": spec["mode"], "batch_size": spec["size"], "error": f"{type(err).__name__}: {err}",
-                  "traceback": traceback.format_exc()}
-    conn.send(result)
-    conn.close()
-
-
-def run_isolated(spec: dict, timeout: float | None = None) -> dict:
-    """Run ``measure(spec)`` in a fresh process forked from the preloaded fork server."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker, args=(spec, send))
-    proc.start()
-    send.close()
-    result = receive.recv() if receive.poll(timeout) else None
-    proc.join(5 if result is not None else 0)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-    if result is None:
-        result = {"mode": spec["mode"], "batch_size": spec["size"],
-                  "error": f"the worker died (exit code {proc.exitcode}) or timed out; out of memory?"}
-    return result
 
 
 def _growth(rows: list[dict], mode: str) -> dict | None:
@@ -184,7 +144,7 @@ def run_benchmark(sizes: list[int], chunk: int, out_file: str | Path, *, modes=M
             spec = {"mode": mode, "size": size, "chunk": chunk, "device": device, "checkpoint": checkpoint,
                     "preset": preset, "overrides": list(overrides), "smoke": smoke, "seed": seed,
                     "threads": threads}
-            row = run_isolated(spec, timeout)
+            row = run_isolated(measure, spec, {"mode": spec["mode"], "batch_size": spec["size"]}, timeout)
             rows.append(row)
             if "error" in row:
                 print(f"{mode:10s} B={size:4d}  FAILED: {row['error']}", file=sys.stderr)

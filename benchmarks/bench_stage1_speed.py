@@ -21,25 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
+
+from isolated import rss_mb, run_isolated  # benchmarks/ is on sys.path when a script here runs
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "stage1_speed.json"
 QUANTIZATIONS = ("nf4", "none")
-PRELOAD = ["torch", "transformers", "peft", "bitsandbytes", "transformers.models.qwen2_vl.modeling_qwen2_vl",
-           "comalite.backbone", "comalite.embedding", "comalite.gradcache", "comalite.loss", "comalite.datasets",
-           "comalite.stage1", "comalite.objective"]
-"""Imported once by the fork server: each configuration's process starts from there, not from scratch."""
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
 def measure(spec: dict) -> dict:
@@ -73,7 +64,7 @@ def measure(spec: dict) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
-    base_rss = _rss_mb()
+    base_rss = rss_mb()
 
     steps = []
     backbone.train()
@@ -93,7 +84,7 @@ def measure(spec: dict) -> dict:
         steps.append({"seconds": end - start, "data_seconds": ready - start, "compute_seconds": end - ready,
                       "loss": loss.item(), "tokens": int(batch["attention_mask"].sum()),
                       "padded_tokens": int(batch["input_ids"].numel()), "warmup": step < spec["warmup"]})
-    peak_rss = _rss_mb()
+    peak_rss = rss_mb()
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -119,35 +110,6 @@ def measure(spec: dict) -> dict:
     }
 
 
-def _worker(spec: dict, conn) -> None:
-    try:
-        result = measure(spec)
-    except Exception as err:  # noqa: BLE001 - report any failure to the parent rather than dying silently
-        result = {"quantization": spec["quantization"], "error": f"{type(err).__name__}: {err}",
-                  "traceback": traceback.format_exc()}
-    conn.send(result)
-    conn.close()
-
-
-def run_isolated(spec: dict, timeout: float | None = None) -> dict:
-    """Run ``measure(spec)`` in a fresh process forked from the preloaded fork server."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker, args=(spec, send))
-    proc.start()
-    send.close()
-    result = receive.recv() if receive.poll(timeout) else None
-    proc.join(5 if result is not None else 0)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-    if result is None:
-        result = {"quantization": spec["quantization"],
-                  "error": f"the worker died (exit code {proc.exitcode}) or timed out; out of memory?"}
-    return result
-
-
 def run_benchmark(out_file: str | Path, *, quantizations=QUANTIZATIONS, steps: int = 10, warmup: int = 3,
                   batch_size: int | None = None, device: str = "auto", checkpoint: str | None = None,
                   preset: str = "tiny", overrides: list[str] = (), smoke: bool = False, threads: int | None = None,
@@ -158,7 +120,7 @@ def run_benchmark(out_file: str | Path, *, quantizations=QUANTIZATIONS, steps: i
         spec = {"quantization": quantization, "steps": steps, "warmup": warmup, "batch_size": batch_size,
                 "device": device, "checkpoint": checkpoint, "preset": preset, "overrides": list(overrides),
                 "smoke": smoke, "threads": threads}
-        row = run_isolated(spec, timeout)
+        row = run_isolated(measure, spec, {"quantization": spec["quantization"]}, timeout)
         rows.append(row)
         if "error" in row:
             print(f"{quantization:5s} FAILED: {row['error']}", file=sys.stderr)

@@ -1,0 +1,48 @@
+"""Run one benchmark configuration in a fresh process, so memory peaks never carry over between runs.
+
+Processes fork from a server that has only imported ``PRELOAD`` (multiprocessing "forkserver"): the ~10 s
+of imports are paid once, and each configuration's peak RSS is its own.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import traceback
+from typing import Callable
+
+PRELOAD = ["torch", "transformers", "peft", "bitsandbytes", "transformers.models.qwen2_vl.modeling_qwen2_vl",
+           "comalite.backbone", "comalite.embedding", "comalite.gradcache", "comalite.loss", "comalite.datasets",
+           "comalite.stage1", "comalite.objective"]
+
+
+def rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _worker(measure: Callable[[dict], dict], spec: dict, label: dict, conn) -> None:
+    try:
+        result = measure(spec)
+    except Exception as err:  # noqa: BLE001 - report any failure to the parent rather than dying silently
+        result = {**label, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+    conn.send(result)
+    conn.close()
+
+
+def run_isolated(measure: Callable[[dict], dict], spec: dict, label: dict, timeout: float | None = None) -> dict:
+    """``measure(spec)`` in a fresh process; on failure, ``label`` plus the error. ``measure`` must be a
+    module-level function (it is pickled by reference)."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker, args=(measure, spec, label, send))
+    proc.start()
+    send.close()
+    result = receive.recv() if receive.poll(timeout) else None
+    proc.join(5 if result is not None else 0)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    if result is None:
+        result = {**label, "error": f"the worker died (exit code {proc.exitcode}) or timed out; out of memory?"}
+    return result
