@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from isolated import rss_mb, run_isolated  # benchmarks/ is on sys.path when a script here runs
+from isolated import add_model_args, rss_mb, run_isolated  # benchmarks/ is on sys.path when a script here runs
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "gradcache_memory.json"
 MODES = ("gradcache", "full")
@@ -186,16 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", default="16,64,256", help="contrastive batch sizes, comma-separated")
     parser.add_argument("--chunk", type=int, default=8, help="GradCache chunk size (sequences encoded at once)")
     parser.add_argument("--modes", default=",".join(MODES), help="gradcache, full or both")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--checkpoint", help="model.backbone: a checkpoint folder (default: the preset's, e.g. "
-                                             "'tiny' = $COMALITE_HOME/tiny-vlm, built if missing)")
-    parser.add_argument("--smoke", action="store_true", help="smoke mode: the small ShapesWorld and the "
-                                                              "tiny-vlm-smoke checkpoint (comalite.config)")
-    parser.add_argument("--preset", default="tiny", help="config preset for the model and data settings")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a preset setting, e.g. model.quantization=none (repeatable)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads in each worker (default: torch's "
-                                                     "choice; 1 on a CPU shared with other jobs)")
+    add_model_args(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the numbers")

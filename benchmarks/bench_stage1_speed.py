@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from isolated import rss_mb, run_isolated  # benchmarks/ is on sys.path when a script here runs
+from isolated import add_model_args, rss_mb, run_isolated  # benchmarks/ is on sys.path when a script here runs
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "stage1_speed.json"
 QUANTIZATIONS = ("nf4", "none")
@@ -163,16 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=10, help="measured optimizer steps (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="optimizer steps run first and not measured")
     parser.add_argument("--batch-size", type=int, help="dialogues per step (default: the preset's stage1.train)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--checkpoint", help="model.backbone: a checkpoint folder (default: the preset's, e.g. "
-                                             "'tiny' = $COMALITE_HOME/tiny-vlm, built if missing)")
-    parser.add_argument("--smoke", action="store_true", help="smoke mode: the small ShapesWorld and the "
-                                                              "tiny-vlm-smoke checkpoint (comalite.config)")
-    parser.add_argument("--preset", default="tiny", help="config preset for the model and data settings")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a preset setting, e.g. model.n_compress=16 (repeatable)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads in each worker (default: torch's "
-                                                     "choice; 1 on a CPU shared with other jobs)")
+    add_model_args(parser)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per quantization")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the numbers")
     args = parser.parse_args(argv)

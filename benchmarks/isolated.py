@@ -5,6 +5,7 @@ of imports are paid once, and each configuration's peak RSS is its own.
 """
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import resource
 import traceback
@@ -46,3 +47,17 @@ def run_isolated(measure: Callable[[dict], dict], spec: dict, label: dict, timeo
     if result is None:
         result = {**label, "error": f"the worker died (exit code {proc.exitcode}) or timed out; out of memory?"}
     return result
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The options every model benchmark shares: where the model and data come from, and threads."""
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--checkpoint", help="model.backbone: a checkpoint folder (default: the preset's, e.g. "
+                                             "'tiny' = $COMALITE_HOME/tiny-vlm, built if missing)")
+    parser.add_argument("--smoke", action="store_true", help="smoke mode: the small ShapesWorld and the "
+                                                              "tiny-vlm-smoke checkpoint (comalite.config)")
+    parser.add_argument("--preset", default="tiny", help="config preset for the model and data settings")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a preset setting, e.g. model.quantization=none (repeatable)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads in each worker (default: torch's "
+                                                     "choice; 1 on a CPU shared with other jobs)")
