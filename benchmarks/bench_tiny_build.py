@@ -1,17 +1,18 @@
 """Benchmark building the tiny VLM: wall time, stage-0 speed, and whether it learned to look at images.
 
-    python benchmarks/bench_tiny_build.py                      # the real build (600 stage-0 steps), temp home
-    python benchmarks/bench_tiny_build.py --steps 50           # a shorter stage 0
+    python benchmarks/bench_tiny_build.py --threads 1          # the real build (TinyConfig's defaults), temp home
+    python benchmarks/bench_tiny_build.py --steps 50           # a shorter stage 0 (--vision-steps: ViT pre-training)
     python benchmarks/bench_tiny_build.py --home /tmp/h        # keep the data and the model in /tmp/h
     python benchmarks/bench_tiny_build.py --set data.root=DIR  # reuse an existing ShapesWorld folder
-    python benchmarks/bench_tiny_build.py --smoke              # smoke mode: small data, 40-step stage 0
+    python benchmarks/bench_tiny_build.py --smoke              # smoke mode: small data, TinyConfig.smoke()
 
-``comalite.tiny.build_tiny_vlm`` trains a tokenizer, initialises a small Qwen2-VL, runs "stage 0" (a short
-generative pre-training on ShapesWorld QA dialogues) and scores held-out answers. This script times it
-into a fresh ``COMALITE_HOME`` (a temporary folder unless ``--home``), after building the ShapesWorld data
-there first (timed separately: ``data_seconds``), and reports:
+``comalite.tiny.build_tiny_vlm`` trains a tokenizer, initialises a small Qwen2-VL, pre-trains its ViT, runs
+"stage 0" (a short generative pre-training on ShapesWorld QA dialogues) and scores held-out answers. This
+script times it into a fresh ``COMALITE_HOME`` (a temporary folder unless ``--home``), after building the
+ShapesWorld data there first (timed separately: ``data_seconds``), and reports:
 
-- ``build_seconds``: the whole ``build_tiny_vlm`` call (tokenizer, init, stage 0, held-out scoring, save);
+- ``build_seconds``: the whole ``build_tiny_vlm`` call (tokenizer, init, ViT pre-training, stage 0, scoring,
+  save); ``vision_token_accuracy``: what the pre-trained ViT's tokens tell a linear probe on held-out scenes;
 - ``stage0_seconds`` / ``stage0_steps_per_s``: the stage-0 training loop alone (``comalite.stage1.train_lm``,
   which the build calls, is wrapped by a timer for the duration of the build);
 - ``heldout_answer_accuracy`` against ``blind_baseline_accuracy`` (from ``tiny_report.json``): the most
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import platform
@@ -64,8 +64,8 @@ def peak_rss_mb() -> float:
 
 
 def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None, batch_size: int | None = None,
-                  overrides: list[str] = (), threads: int | None = None, keep_home: bool = True,
-                  smoke: bool = False) -> dict:
+                  vision_steps: int | None = None, overrides: list[str] = (), threads: int | None = None,
+                  keep_home: bool = True, smoke: bool = False) -> dict:
     """Build ShapesWorld and the tiny VLM under ``home``; write and return the timings and accuracies."""
     os.environ["COMALITE_HOME"] = str(home)  # read at call time by comalite.config.home_dir
     import torch
@@ -78,11 +78,13 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
         torch.set_num_threads(threads)
     # What ``comalite.tiny.ensure_tiny_vlm(smoke=...)`` builds: the same data config and stage-0 settings.
     data_cfg = load_config("tiny", list(overrides), smoke=smoke)
-    tc = TinyConfig(stage0=dataclasses.replace(TinyConfig.SMOKE_STAGE0)) if smoke else TinyConfig()
+    tc = TinyConfig.smoke() if smoke else TinyConfig()
     if steps is not None:
         tc.stage0.steps = steps
     if batch_size is not None:
         tc.stage0.batch_size = batch_size
+    if vision_steps is not None:
+        tc.vision.steps = vision_steps
 
     load_before = os.getloadavg()
     start = time.perf_counter()
@@ -104,6 +106,7 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
         "stage0_batch_size": tc.stage0.batch_size,
         "stage0_sequences": stage0.get("sequences"),
         "stage0_steps_per_s": stage0["steps"] / stage0["seconds"] if stage0.get("seconds") else None,
+        "vision_token_accuracy": tiny["vision_token_accuracy"],
         "heldout_answer_accuracy": tiny["heldout_answer_accuracy"],
         "blind_baseline_accuracy": tiny["blind_baseline_accuracy"],
         "accuracy_over_blind": tiny["heldout_answer_accuracy"] - tiny["blind_baseline_accuracy"],
@@ -133,6 +136,8 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
     print(f"stage 0                {report['stage0_seconds']:8.1f} s  {report['stage0_steps']} steps x "
           f"{tc.stage0.batch_size} = {report['stage0_steps_per_s']:.2f} steps/s  "
           f"(loss {tiny['stage0_first_loss']:.3f} -> {tiny['stage0_last_loss']:.3f})")
+    probe = "  ".join(f"{k} {100 * v:.0f}%" for k, v in tiny["vision_token_accuracy"].items())
+    print(f"ViT tokens (probe)     {probe}")
     print(f"held-out answers       {100 * tiny['heldout_answer_accuracy']:8.1f} %  vs blind baseline "
           f"{100 * tiny['blind_baseline_accuracy']:.1f} %  ({tiny['heldout_answers']} answers)")
     print(f"torch threads          {report['torch_threads']:8d}    (cpus: {report['cpu_count']}), "
@@ -143,9 +148,10 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true",
-                        help="build what smoke mode uses (small ShapesWorld, TinyConfig.SMOKE_STAGE0)")
-    parser.add_argument("--steps", type=int, help="stage-0 optimizer steps (default: TinyConfig's, 600; smoke 40)")
-    parser.add_argument("--batch-size", type=int, help="stage-0 batch size (default: TinyConfig's, 32; smoke 16)")
+                        help="build what smoke mode uses (small ShapesWorld, TinyConfig.smoke())")
+    parser.add_argument("--steps", type=int, help="stage-0 optimizer steps (default: TinyConfig's)")
+    parser.add_argument("--batch-size", type=int, help="stage-0 batch size (default: TinyConfig's)")
+    parser.add_argument("--vision-steps", type=int, help="ViT pre-training steps (default: TinyConfig's)")
     parser.add_argument("--home", help="COMALITE_HOME to build into and keep (default: a temporary folder, "
                                        "deleted afterwards)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -160,8 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     previous = os.environ.get("COMALITE_HOME")
     try:
         return run_benchmark(home, args.out, steps=args.steps, batch_size=args.batch_size,
-                             overrides=args.overrides, threads=args.threads, keep_home=not temporary,
-                             smoke=args.smoke)
+                             vision_steps=args.vision_steps, overrides=args.overrides, threads=args.threads,
+                             keep_home=not temporary, smoke=args.smoke)
     finally:
         if previous is None:
             os.environ.pop("COMALITE_HOME", None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import zlib
 from dataclasses import asdict, dataclass, replace
@@ -318,6 +319,25 @@ def _questions(scene: Scene) -> list[_Question]:
                 article = "an" if color[0] in "aeiou" else "a"
                 add("exists", "yesno", f"Is there {article} {color} {shape}?", yes[bool(about)], about)
     return out
+
+
+_TEMPLATE_RULES = (
+    (re.compile(r"\b(" + "|".join(PLURALS.values()) + r")\b"), "{shapes}"),
+    (re.compile(r"\b(?:(?:small|large) )?(?:" + "|".join(COLORS) + ") (?:" + "|".join(SHAPES) + r")\b"), "{object}"),
+    (re.compile(r"\b(?:an?) \{object\}"), "a {object}"),
+    (re.compile(r"\b(" + "|".join(COLORS) + r")\b"), "{color}"),
+    (re.compile(r"\b(" + "|".join(SHAPES) + r")\b"), "{shape}"),
+    (re.compile(r"in the center|at the (?:" + "|".join(p for p in POSITIONS if p != "center") + ")"), "{place}"),
+    (re.compile(r"\b(?:" + "|".join(_RELATIONS) + r")\b"), "{relation}"),
+)
+
+
+def question_template(question: str) -> str:
+    """A question's type: its colours, shapes, objects, places and relations replaced by placeholders,
+    e.g. "What color is the object at the top left?" -> "What color is the object {place}?"."""
+    for pattern, placeholder in _TEMPLATE_RULES:
+        question = pattern.sub(placeholder, question)
+    return question
 
 
 def _pick_question(rng, questions: list[_Question]) -> _Question:

@@ -5,11 +5,15 @@ earns that role honestly:
 1. a byte-level BPE tokenizer is trained on ShapesWorld's text, with Qwen's special tokens and chat
    template, and paired with Qwen2-VL's own image processor;
 2. a Qwen2-VL with the same architecture as the 2B (ViT with 2x2 patch merger, M-RoPE decoder, tied
-   embeddings), only narrower and shallower, is initialised from a seed and saved like a hub checkpoint;
-3. "stage 0": a short generative pre-training on ShapesWorld QA dialogues (ordinary causal attention,
-   every parameter trained, no compression tokens) through the same loader, sequence builder, objective
+   embeddings), only narrower and shallower, is initialised from a seed;
+3. its ViT is pre-trained alone so that each image token tells where it is and what object is centred
+   there (``comalite.tiny_vision``),
+   as the real model's ViT was pre-trained before the VLM: question answering alone teaches a
+   from-scratch ViT too slowly, and the model stayed image-blind;
+4. the model is saved like a hub checkpoint, then "stage 0": a short generative pre-training on ShapesWorld QA dialogues (ordinary causal attention,
+   every language-model parameter trained, no compression tokens) through the same loader, sequence builder, objective
    and training loop that stage 1 uses;
-4. the result is saved with ``save_pretrained`` and from then on loaded exactly like a real checkpoint.
+5. the result is saved with ``save_pretrained`` and from then on loaded exactly like a real checkpoint.
 ``tiny_report.json`` beside it records its held-out answer accuracy against an image-blind baseline.
 """
 from __future__ import annotations
@@ -29,7 +33,9 @@ from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForCondi
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from .config import Config, ModelConfig, TrainConfig, home_dir
+from .processor import VLProcessor
 from .records import Dialogue
+from .tiny_vision import pretrain_vision
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +67,28 @@ class TinyConfig:
     split_turns: bool = True          # one QA turn per sequence: 5x more image passes for the same tokens,
                                       # and no copying answers from an earlier description in context
 
+    vision: TrainConfig = None        # ViT pre-training on token labels; set in __post_init__
+    vision_scenes: int = 6000         # fresh seeded scenes for it (re-used across epochs)
+    vision_heldout: int = 500         # scenes that only measure it
+    stage0_trains_vision: bool = False  # False: the pre-trained ViT stays frozen in stage 0 (as in LLaVA),
+                                        # so the LLM learns to read it instead of the ViT drifting
+
     SMOKE_STAGE0 = TrainConfig(steps=150, batch_size=32, lr=3e-3, warmup_ratio=0.05, save_every=0, log_every=50)
+    SMOKE_VISION = TrainConfig(steps=250, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=0, log_every=50)
 
     def __post_init__(self):
         if self.stage0 is None:
             self.stage0 = TrainConfig(steps=400, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=100,
                                       log_every=20, weight_decay=0.01)
+        if self.vision is None:
+            self.vision = TrainConfig(steps=800, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=0,
+                                      log_every=50, weight_decay=0.01)
+
+    @classmethod
+    def smoke(cls) -> "TinyConfig":
+        """Short stages for tests and notebooks' smoke mode: a working checkpoint, not a good VLM."""
+        return cls(stage0=dataclasses.replace(cls.SMOKE_STAGE0), vision=dataclasses.replace(cls.SMOKE_VISION),
+                   vision_scenes=1500, vision_heldout=200)
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -117,6 +139,26 @@ def blind_baseline(train: list[Dialogue], test: list[Dialogue]) -> float:
     return hits / max(1, total)
 
 
+def accuracy_by_question_type(backbone, train: list[Dialogue], heldout: list[Dialogue], s1) -> dict[str, dict]:
+    """Held-out answer accuracy per question type (``shapesworld.question_template``), one QA turn per
+    sequence, next to the image-blind baseline on the same turns: where the model looks, and where it
+    only learned the answer prior."""
+    from .objective import answer_accuracy
+    from .shapesworld import question_template
+    from .stage1 import dialogue_examples
+
+    groups: dict[str, list[Dialogue]] = {}
+    for d in heldout:
+        for turn in d.turns:
+            groups.setdefault(question_template(turn.question), []).append(Dialogue(turns=(turn,), image=d.image))
+    out = {}
+    for template, turns in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        examples = dialogue_examples(backbone.processor, turns, s1, with_compression=False)
+        out[template] = {"answers": len(turns), "blind": blind_baseline(train, turns),
+                         "accuracy": answer_accuracy(backbone, examples, compression_mask=False)["accuracy"]}
+    return out
+
+
 def build_tiny_vlm(out_dir: str | Path | None = None, tc: TinyConfig | None = None,
                    data_cfg: Config | None = None) -> Path:
     """Build, stage-0 train and save the tiny VLM into ``out_dir`` (default ``<home>/tiny-vlm``)."""
@@ -138,6 +180,8 @@ def build_tiny_vlm(out_dir: str | Path | None = None, tc: TinyConfig | None = No
     work = out_dir.with_name(out_dir.name + ".building")
     shutil.rmtree(work, ignore_errors=True)
     init_dir = work / "init"
+    vision = pretrain_vision(model.model.visual, VLProcessor(tokenizer, image_processor), tc.vision, work / "vision",
+                             n_scenes=tc.vision_scenes, n_heldout=tc.vision_heldout, image_size=tc.image_size)
     model.save_pretrained(str(init_dir))
     tokenizer.save_pretrained(str(init_dir))
     image_processor.save_pretrained(str(init_dir))
@@ -148,6 +192,7 @@ def build_tiny_vlm(out_dir: str | Path | None = None, tc: TinyConfig | None = No
                        gradient_checkpointing=False, min_pixels=pixels // 4, max_pixels=pixels, cpu_threads=1)
     backbone = load_backbone(mcfg, train_adapter=None, train_compression=False)
     backbone.hf.requires_grad_(True)
+    backbone.core.visual.requires_grad_(tc.stage0_trains_vision)
     dialogues = stage1_dialogues(data_cfg)
     n_heldout = data_cfg.stage1.heldout  # the same dialogues stage 1 holds out
     train, heldout = dialogues[:-n_heldout], dialogues[-n_heldout:]
@@ -157,12 +202,14 @@ def build_tiny_vlm(out_dir: str | Path | None = None, tc: TinyConfig | None = No
     history = train_lm(backbone, train, tc.stage0, work / "stage0", compression_mask=False, supervise=tc.supervise,
                        with_compression=False, stage1_cfg=data_cfg.stage1, desc="stage 0")
     accuracy = answer_accuracy(backbone, examples(heldout), compression_mask=False)
+    by_type = accuracy_by_question_type(backbone, train, heldout, data_cfg.stage1)
 
     backbone.hf.save_pretrained(str(work / "model"))
     backbone.processor.save_pretrained(str(work / "model"))
-    report = {"heldout_answer_accuracy": accuracy["accuracy"], "heldout_answers": accuracy["answers"],
+    report = {"vision_token_accuracy": vision["token_accuracy"], "vision_first_loss": vision["first_loss"],
+              "vision_last_loss": vision["last_loss"], "heldout_answer_accuracy": accuracy["accuracy"], "heldout_answers": accuracy["answers"],
               "heldout_answer_loss": accuracy["loss"], "blind_baseline_accuracy": blind_baseline(train, heldout),
-              "stage0_first_loss": history[0]["loss"], "stage0_last_loss": history[-1]["loss"],
+              "heldout_by_question_type": by_type, "stage0_first_loss": history[0]["loss"], "stage0_last_loss": history[-1]["loss"],
               "parameters": sum(p.numel() for p in backbone.hf.parameters()),
               "build_seconds": round(time.perf_counter() - start, 1), "torch_threads": torch.get_num_threads(),
               "config": asdict(tc)}
@@ -185,6 +232,6 @@ def ensure_tiny_vlm(*, smoke: bool = False) -> Path:
     out_dir = home_dir() / ("tiny-vlm-smoke" if smoke else "tiny-vlm")
     if not (out_dir / "tiny_report.json").exists():
         log.warning("building the tiny VLM into %s (once; %s on a CPU)", out_dir, "a minute" if smoke else "minutes")
-        tc = TinyConfig(stage0=dataclasses.replace(TinyConfig.SMOKE_STAGE0)) if smoke else TinyConfig()
+        tc = TinyConfig.smoke() if smoke else TinyConfig()
         build_tiny_vlm(out_dir, tc, data_cfg=load_config("tiny", smoke=smoke))
     return out_dir

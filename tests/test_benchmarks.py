@@ -38,14 +38,14 @@ def _read(path: Path) -> dict:
 def test_bench_tiny_build(bench, tmp_path, data_root):
     home_before = os.environ.get("COMALITE_HOME")
     out = tmp_path / "tiny_build.json"
-    report = bench("bench_tiny_build").main(["--steps", "2", "--batch-size", "4", "--home", str(tmp_path / "home"),
+    report = bench("bench_tiny_build").main(["--steps", "2", "--batch-size", "4", "--vision-steps", "2", "--home", str(tmp_path / "home"),
                                              *_data_args(data_root), "--out", str(out)])
     assert os.environ.get("COMALITE_HOME") == home_before  # the session's home is restored
     saved = _read(out)
     assert saved == json.loads(json.dumps(report))
     for key in ("build_seconds", "data_seconds", "stage0_seconds", "stage0_steps", "stage0_steps_per_s",
                 "heldout_answer_accuracy", "blind_baseline_accuracy", "accuracy_over_blind", "torch_threads",
-                "parameters", "peak_rss_mb"):
+                "parameters", "peak_rss_mb", "vision_token_accuracy"):
         assert key in saved, key
     assert saved["stage0_steps"] == 2 and saved["stage0_batch_size"] == 4 and saved["smoke"]
     assert saved["build_seconds"] >= saved["stage0_seconds"] > 0

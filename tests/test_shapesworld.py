@@ -21,6 +21,7 @@ from comalite.shapesworld import (
     build_shapesworld,
     describe,
     qa_dialogue,
+    question_template,
     render,
     sample_scene,
     text_corpus,
@@ -339,3 +340,14 @@ def test_text_corpus_covers_every_word(world):
             for item in (q.query, *q.candidates):
                 used |= set(re.findall(r"[a-z]+", item.text.lower()))
     assert used <= vocab, used - vocab
+
+
+def test_question_template_names_the_question_type():
+    assert question_template("What color is the object at the top left?") == "What color is the object {place}?"
+    assert question_template("Is there an object in the center?") == "Is there an object {place}?"
+    assert question_template("Is there an orange star?") == question_template("Is there a red circle?")
+    assert question_template("Is the small red circle left of the blue star?") == \
+        "Is the {object} {relation} the {object}?"
+    assert question_template("How many triangles are there?") == "How many {shapes} are there?"
+    assert question_template("What shape is the green object?") == "What shape is the {color} object?"
+    assert question_template("Describe the image in detail.") == "Describe the image in detail."

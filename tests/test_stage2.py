@@ -5,22 +5,51 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from comalite.records import EmbedInput, TrainPair
 from comalite.result import read_result
 from comalite.stage1 import run_stage1
-from comalite.stage2 import run_stage2, split_heldout, stage2_dir
+from comalite.stage2 import inbatch_accuracy, run_stage2, split_heldout, stage2_dir
 
 STAGE1 = ["stage1.train.steps=4", "stage1.train.batch_size=4", "stage1.train.save_every=0"]
 SHORT2 = ["stage2.train.steps=4", "stage2.train.batch_size=8", "stage2.sub_batch_size=4", "stage2.chunk_size=4",
           "stage2.train.save_every=2", "stage2.train.warmup_ratio=0"]
 
 
-def test_heldout_split_is_every_twentieth_pair_of_each_subset():
-    pairs = [TrainPair(EmbedInput(f"q{i}"), EmbedInput(f"t{i}"), subset=s) for s in "ab" for i in range(40)]
+def test_heldout_split_is_a_seeded_random_twentieth_of_each_subset():
+    # Subset "b" cycles four classes, as ShapesWorld's counts do: a stride of 20 would hold out one class.
+    pairs = [TrainPair(EmbedInput(f"{s}{i}"), EmbedInput(f"class {i % 4}"), subset=s) for s in "ab" for i in range(80)]
     train, heldout = split_heldout(pairs)
-    assert [p.query.text for p in heldout] == ["q19", "q39", "q19", "q39"]
-    assert len(train) == 76 and not set(map(id, train)) & set(map(id, heldout))
+    assert split_heldout(pairs) == (train, heldout)                   # deterministic
+    assert [sum(p.subset == s for p in heldout) for s in "ab"] == [4, 4]
+    assert len(train) == 152 and not set(map(id, train)) & set(map(id, heldout))
+    assert [p for p in pairs if p in heldout] == heldout                # file order kept
+    assert len({p.positive.text for p in heldout if p.subset == "b"}) > 1
+    assert split_heldout(pairs, seed=1)[1] != heldout
+
+
+class _LookupBackbone:
+    """Stands in for a backbone in ``encode``: each text has a fixed vector."""
+
+    def __init__(self, vectors: dict[str, list[float]]):
+        self.vectors = vectors
+
+    def eval(self):
+        return self
+
+
+def test_inbatch_accuracy_counts_a_shared_label_once(monkeypatch):
+    # Block of 4: q0 and q1 share the label "x". Hand-computed chance: (2/4 + 2/4 + 1/4 + 1/4) / 4 = 0.375.
+    pairs = [TrainPair(EmbedInput(f"q{i}"), EmbedInput(t), subset="a") for i, t in enumerate("xxyz")]
+    one_hot = {"x": [1.0, 0, 0], "y": [0, 1.0, 0], "z": [0, 0, 1.0]}
+    perfect = {**one_hot, "q0": one_hot["x"], "q1": one_hot["x"], "q2": one_hot["y"], "q3": one_hot["z"]}
+    blind = {**one_hot, **{f"q{i}": [1.0, 1.0, 1.0] for i in range(4)}}  # ties: argmax picks the first, "x"
+    monkeypatch.setattr("comalite.stage2.encode",
+                        lambda backbone, inputs, pooling: torch.tensor([backbone.vectors[x.text] for x in inputs]))
+    right = inbatch_accuracy(_LookupBackbone(perfect), pairs)
+    assert right == {"accuracy": 1.0, "pairs": 4, "chance": pytest.approx(0.375)}  # q1 retrieving "x" counts
+    assert inbatch_accuracy(_LookupBackbone(blind), pairs)["accuracy"] == 0.5      # q0 and q1 only
 
 
 def test_coma_stage2_trains_from_the_stage1_result(tiny_config):
@@ -35,7 +64,8 @@ def test_coma_stage2_trains_from_the_stage1_result(tiny_config):
     losses = [h["loss"] for h in json.loads((out / "history.json").read_text())]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     assert metrics["heldout_accuracy_after"] >= metrics["heldout_accuracy_before"]
-    assert metrics["chance"] == pytest.approx(1 / 6)  # 120 pairs a subset -> 6 held out, one block each
+    # 120 pairs a subset -> 6 held out, one block each; a label held out twice counts as one target.
+    assert metrics["heldout_pairs"] == 36 and 1 / 6 <= metrics["chance"] < 1
     info = read_result(out)
     assert [name for name, _ in info["adapters"]] == ["stage1", "stage2"]
     assert (out / "adapters" / "stage1").is_dir()  # self-contained: stage 1's adapter copied in
