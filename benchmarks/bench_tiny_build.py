@@ -15,8 +15,10 @@ ShapesWorld data there first (timed separately: ``data_seconds``), and reports:
   save); ``vision_token_accuracy``: what the pre-trained ViT's tokens tell a linear probe on held-out scenes;
 - ``stage0_seconds`` / ``stage0_steps_per_s``: the stage-0 training loop alone (``comalite.stage1.train_lm``,
   which the build calls, is wrapped by a timer for the duration of the build);
-- ``heldout_answer_accuracy`` against ``blind_baseline_accuracy`` (from ``tiny_report.json``): the most
-  frequent training answer per question, never looking at the image. The margin is what stage 0 bought;
+- ``heldout_answer_accuracy`` (whole dialogues) and ``heldout_turn_accuracy`` (one QA turn per sequence,
+  as stage 0 trains; also by question type) against ``blind_baseline_accuracy`` (from ``tiny_report.json``):
+  the most frequent training answer per question, never looking at the image. The margin is what the
+  model sees;
 - ``torch_threads``, CPU count and peak RSS.
 The numbers go to a JSON file (default ``benchmarks/results/tiny_build.json``) and to stdout.
 """
@@ -108,6 +110,8 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
         "stage0_steps_per_s": stage0["steps"] / stage0["seconds"] if stage0.get("seconds") else None,
         "vision_token_accuracy": tiny["vision_token_accuracy"],
         "heldout_answer_accuracy": tiny["heldout_answer_accuracy"],
+        "heldout_turn_accuracy": tiny["heldout_turn_accuracy"],
+        "heldout_by_question_type": tiny["heldout_by_question_type"],
         "blind_baseline_accuracy": tiny["blind_baseline_accuracy"],
         "accuracy_over_blind": tiny["heldout_answer_accuracy"] - tiny["blind_baseline_accuracy"],
         "heldout_answers": tiny["heldout_answers"],
@@ -138,8 +142,11 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
           f"(loss {tiny['stage0_first_loss']:.3f} -> {tiny['stage0_last_loss']:.3f})")
     probe = "  ".join(f"{k} {100 * v:.0f}%" for k, v in tiny["vision_token_accuracy"].items())
     print(f"ViT tokens (probe)     {probe}")
-    print(f"held-out answers       {100 * tiny['heldout_answer_accuracy']:8.1f} %  vs blind baseline "
+    print(f"held-out answers       {100 * tiny['heldout_answer_accuracy']:8.1f} %  whole dialogues, "
+          f"{100 * tiny['heldout_turn_accuracy']:.1f} % one turn at a time; blind baseline "
           f"{100 * tiny['blind_baseline_accuracy']:.1f} %  ({tiny['heldout_answers']} answers)")
+    for template, row in tiny["heldout_by_question_type"].items():
+        print(f"  {template:45s} {row['answers']:4d}  {100 * row['accuracy']:5.1f} %  blind {100 * row['blind']:5.1f} %")
     print(f"torch threads          {report['torch_threads']:8d}    (cpus: {report['cpu_count']}), "
           f"peak RSS {report['peak_rss_mb']:.0f} MB")
     return report

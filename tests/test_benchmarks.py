@@ -38,18 +38,24 @@ def _read(path: Path) -> dict:
 def test_bench_tiny_build(bench, tmp_path, data_root):
     home_before = os.environ.get("COMALITE_HOME")
     out = tmp_path / "tiny_build.json"
-    report = bench("bench_tiny_build").main(["--steps", "2", "--batch-size", "4", "--vision-steps", "2", "--home", str(tmp_path / "home"),
-                                             *_data_args(data_root), "--out", str(out)])
+    report = bench("bench_tiny_build").main(["--steps", "2", "--batch-size", "4", "--vision-steps", "2",
+                                             "--home", str(tmp_path / "home"), *_data_args(data_root), "--out", str(out)])
     assert os.environ.get("COMALITE_HOME") == home_before  # the session's home is restored
     saved = _read(out)
     assert saved == json.loads(json.dumps(report))
     for key in ("build_seconds", "data_seconds", "stage0_seconds", "stage0_steps", "stage0_steps_per_s",
                 "heldout_answer_accuracy", "blind_baseline_accuracy", "accuracy_over_blind", "torch_threads",
-                "parameters", "peak_rss_mb", "vision_token_accuracy"):
+                "parameters", "peak_rss_mb", "vision_token_accuracy", "heldout_turn_accuracy",
+                "heldout_by_question_type"):
         assert key in saved, key
     assert saved["stage0_steps"] == 2 and saved["stage0_batch_size"] == 4 and saved["smoke"]
     assert saved["build_seconds"] >= saved["stage0_seconds"] > 0
     assert 0 <= saved["heldout_answer_accuracy"] <= 1 and 0 < saved["blind_baseline_accuracy"] < 1
+    by_type = saved["heldout_by_question_type"]
+    assert "How many objects are there?" in by_type
+    n_turns = sum(row["answers"] for row in by_type.values())
+    assert saved["heldout_turn_accuracy"] == pytest.approx(
+        sum(row["accuracy"] * row["answers"] for row in by_type.values()) / n_turns)
     assert saved["torch_threads"] >= 1
     assert (tmp_path / "home" / "tiny-vlm-smoke" / "tiny_report.json").is_file()  # --home is kept
     assert not (tmp_path / "home" / "shapesworld-smoke").exists()  # the session's data was reused
