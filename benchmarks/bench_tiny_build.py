@@ -87,6 +87,8 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
         tc.stage0.batch_size = batch_size
     if vision_steps is not None:
         tc.vision.steps = vision_steps
+    if threads:
+        tc.threads = threads
 
     load_before = os.getloadavg()
     start = time.perf_counter()
@@ -146,7 +148,8 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
           f"{100 * tiny['heldout_turn_accuracy']:.1f} % one turn at a time; blind baseline "
           f"{100 * tiny['blind_baseline_accuracy']:.1f} %  ({tiny['heldout_answers']} answers)")
     for template, row in tiny["heldout_by_question_type"].items():
-        print(f"  {template:45s} {row['answers']:4d}  {100 * row['accuracy']:5.1f} %  blind {100 * row['blind']:5.1f} %")
+        print(f"  {template:45s} {row['answers']:4d}  {100 * row['accuracy']:5.1f} %  "
+              f"blind {100 * row['blind']:5.1f} %")
     print(f"torch threads          {report['torch_threads']:8d}    (cpus: {report['cpu_count']}), "
           f"peak RSS {report['peak_rss_mb']:.0f} MB")
     return report
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a tiny-preset setting for the data, e.g. data.n_stage1_images=360 "
                              "or data.root=DIR (repeatable)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="torch threads for the build (default: TinyConfig.threads, 1)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the numbers")
     args = parser.parse_args(argv)
 

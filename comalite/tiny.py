@@ -7,14 +7,15 @@ earns that role honestly:
 2. a Qwen2-VL with the same architecture as the 2B (ViT with 2x2 patch merger, M-RoPE decoder, tied
    embeddings), only narrower and shallower, is initialised from a seed;
 3. its ViT is pre-trained alone so that each image token tells where it is and what object is centred
-   there (``comalite.tiny_vision``),
-   as the real model's ViT was pre-trained before the VLM: question answering alone teaches a
-   from-scratch ViT too slowly, and the model stayed image-blind;
-4. the model is saved like a hub checkpoint, then "stage 0": a short generative pre-training on ShapesWorld QA dialogues (ordinary causal attention,
-   every language-model parameter trained, no compression tokens) through the same loader, sequence builder, objective
-   and training loop that stage 1 uses;
+   there (``comalite.tiny_vision``), as the real model's ViT was pre-trained before the VLM: question
+   answering alone teaches a from-scratch ViT too slowly, and the model stayed image-blind;
+4. the model is saved like a hub checkpoint, then "stage 0": a short generative pre-training on
+   ShapesWorld QA (ordinary causal attention, ViT frozen, every language-model parameter trained, no
+   compression tokens) through the same loader, sequence builder, objective and training loop that
+   stage 1 uses;
 5. the result is saved with ``save_pretrained`` and from then on loaded exactly like a real checkpoint.
-``tiny_report.json`` beside it records its held-out answer accuracy against an image-blind baseline.
+``tiny_report.json`` beside it records what the ViT's tokens hold and the held-out answer accuracy, overall
+and by question type, against an image-blind baseline.
 """
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ class TinyConfig:
     vision: TrainConfig = None        # ViT pre-training on token labels; set in __post_init__
     vision_scenes: int = 6000         # fresh seeded scenes for it (re-used across epochs)
     vision_heldout: int = 500         # scenes that only measure it
+    threads: int = 1                  # torch CPU threads for the build: its matrices are too small to share, and
+                                      # on a busy CPU extra threads make steps 10-100x slower (benchmarks/)
     stage0_trains_vision: bool = False  # False: the pre-trained ViT stays frozen in stage 0 (as in LLaVA),
                                         # so the LLM learns to read it instead of the ViT drifting
 
@@ -171,6 +174,7 @@ def build_tiny_vlm(out_dir: str | Path | None = None, tc: TinyConfig | None = No
     out_dir = Path(out_dir) if out_dir else home_dir() / "tiny-vlm"
     data_cfg = data_cfg or Config()
     start = time.perf_counter()
+    torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     tokenizer = train_tokenizer(text_corpus(seed=tc.seed), tc.vocab_size)
     pixels = tc.image_size * tc.image_size
@@ -189,7 +193,7 @@ def build_tiny_vlm(out_dir: str | Path | None = None, tc: TinyConfig | None = No
     from .backbone import load_backbone
 
     mcfg = ModelConfig(backbone=str(init_dir), quantization="none", dtype="fp32", device="cpu", n_compress=0,
-                       gradient_checkpointing=False, min_pixels=pixels // 4, max_pixels=pixels, cpu_threads=1)
+                       gradient_checkpointing=False, min_pixels=pixels // 4, max_pixels=pixels, cpu_threads=tc.threads)
     backbone = load_backbone(mcfg, train_adapter=None, train_compression=False)
     backbone.hf.requires_grad_(True)
     backbone.core.visual.requires_grad_(tc.stage0_trains_vision)
@@ -198,10 +202,10 @@ def build_tiny_vlm(out_dir: str | Path | None = None, tc: TinyConfig | None = No
     train, heldout = dialogues[:-n_heldout], dialogues[-n_heldout:]
     if tc.split_turns:
         train = [Dialogue(turns=(turn,), image=d.image, text=d.text) for d in train for turn in d.turns]
-    examples = lambda ds: dialogue_examples(backbone.processor, ds, data_cfg.stage1, with_compression=False)
     history = train_lm(backbone, train, tc.stage0, work / "stage0", compression_mask=False, supervise=tc.supervise,
                        with_compression=False, stage1_cfg=data_cfg.stage1, desc="stage 0")
-    accuracy = answer_accuracy(backbone, examples(heldout), compression_mask=False)
+    heldout_examples = dialogue_examples(backbone.processor, heldout, data_cfg.stage1, with_compression=False)
+    accuracy = answer_accuracy(backbone, heldout_examples, compression_mask=False)
     by_type = accuracy_by_question_type(backbone, train, heldout, data_cfg.stage1)
     n_turns = sum(t["answers"] for t in by_type.values())
 
