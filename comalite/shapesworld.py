@@ -174,7 +174,7 @@ def _background(bg: Background, size: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def _object_geometry(obj: Obj, size: int) -> tuple[float, float, float]:
+def object_geometry(obj: Obj, size: int) -> tuple[float, float, float]:
     """Center and radius in pixels; the object always stays inside its cell (crops rely on it)."""
     cell = size / 3
     radius = cell * (0.22 if obj.size == "small" else 0.40)
@@ -213,7 +213,7 @@ def render(scene: Scene, size: int = 112) -> Image.Image:
     draw = ImageDraw.Draw(image)
     line = max(2, round(size / 40))
     for obj in scene.objects:
-        cx, cy, r = _object_geometry(obj, size)
+        cx, cy, r = object_geometry(obj, size)
         color = COLORS[obj.color]
         style = {"fill": color} if scene.style == "flat" else {"outline": color, "width": line}
         if obj.shape == "circle":

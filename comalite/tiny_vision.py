@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .shapesworld import COLORS, SHAPES, SIZES, Scene, _object_geometry, render, sample_scene
+from .shapesworld import COLORS, SHAPES, SIZES, Scene, object_geometry, render, sample_scene
 from .stage1 import batch_indices
 from .trainer import Trainer, seed_everything
 
@@ -37,7 +37,7 @@ def token_labels(scene: Scene, grid_h: int, grid_w: int, image_size: int) -> tor
     labels = torch.zeros(grid_h * grid_w, 2 + len(ATTRIBUTES), dtype=torch.long)
     labels[:, 0], labels[:, 1] = rows.flatten(), cols.flatten()
     for obj in reversed(scene.objects):  # the first object wins a (rare) shared square
-        cx, cy, _ = _object_geometry(obj, image_size)
+        cx, cy, _ = object_geometry(obj, image_size)
         k = min(grid_h - 1, int(cy * grid_h / image_size)) * grid_w + min(grid_w - 1, int(cx * grid_w / image_size))
         for a, (name, values) in enumerate(ATTRIBUTES.items()):
             labels[k, 2 + a] = values.index(getattr(obj, name)) + 1
