@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
+from comalite.atomic import atomic_write_json
 from comalite.evaluate import Embedder, evaluate_dataset
 from comalite.records import EmbedInput, EvalDataset, EvalQuery
 
@@ -93,9 +93,7 @@ def run_benchmark(
         "datasets": rows,
         "total": {"n_queries": queries, "seconds": seconds, "queries_per_s": queries / seconds},
     }
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    atomic_write_json(report, out_file)
     for row in rows:
         print(f"{row['dataset']:28s} {row['queries_per_s']:10.1f} queries/s  "
               f"{row['candidates_encoded_per_query']:8.2f} of {row['candidates_per_query']:.0f} candidates "

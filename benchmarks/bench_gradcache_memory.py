@@ -25,13 +25,14 @@ the full batch's grows with B. The numbers go to a JSON file and to stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from isolated import add_model_args, rss_mb, run_isolated  # benchmarks/ is on sys.path when a script here runs
+from isolated import MEMORY_UNITS, add_model_args, rss_mb, run_isolated  # benchmarks/ is on sys.path
+
+from comalite.atomic import atomic_write_json
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "gradcache_memory.json"
 MODES = ("gradcache", "full")
@@ -161,11 +162,9 @@ def run_benchmark(sizes: list[int], chunk: int, out_file: str | Path, *, modes=M
         "loadavg_1min_before_after": [load_before, os.getloadavg()[0]], "rows": rows, "growth": growth,
         "gradcache_flatter_than_full": flat,
     }
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    atomic_write_json(report, out_file)
 
-    unit = "peak RSS" if report["memory"] == "peak_rss" else "CUDA max allocated"
+    unit = MEMORY_UNITS.get(report["memory"], report["memory"])
     print(f"{unit} (MB) of one contrastive step, device {report['device']}, GradCache chunk {chunk}; "
           f"delta = peak - baseline after load")
     print(f"{'batch':>6s} {'mode':>10s} {'peak MB':>9s} {'delta MB':>9s} {'baseline':>9s} {'step s':>7s} {'loss':>7s}")

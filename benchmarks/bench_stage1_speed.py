@@ -20,14 +20,15 @@ The numbers go to a JSON file (default ``benchmarks/results/stage1_speed.json``)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from isolated import add_model_args, rss_mb, run_isolated  # benchmarks/ is on sys.path when a script here runs
+from isolated import MEMORY_UNITS, add_model_args, rss_mb, run_isolated  # benchmarks/ is on sys.path
+
+from comalite.atomic import atomic_write_json
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "stage1_speed.json"
 QUANTIZATIONS = ("nf4", "none")
@@ -138,11 +139,9 @@ def run_benchmark(out_file: str | Path, *, quantizations=QUANTIZATIONS, steps: i
         "cpu_count": os.cpu_count(), "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
         "rows": rows, "nf4_over_none": ratio,
     }
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    atomic_write_json(report, out_file)
 
-    unit = "peak RSS" if report["memory"] == "peak_rss" else "CUDA max allocated"
+    unit = MEMORY_UNITS.get(report["memory"], report["memory"])
     print(f"stage 1, preset {preset}, batch {report['batch_size']}, device {report['device']}, "
           f"median of {steps} steps after {warmup} warm-up; memory = {unit}")
     print(f"{'quant':>5s} {'s/step':>8s} {'min':>7s} {'max':>7s} {'data s':>7s} {'compute':>8s} {'tokens':>7s} "

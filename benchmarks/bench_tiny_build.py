@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from comalite.atomic import atomic_write_json
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "tiny_build.json"
 
 
@@ -76,8 +78,6 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
     from comalite.datasets import ensure_data
     from comalite.tiny import TinyConfig, build_tiny_vlm
 
-    if threads:
-        torch.set_num_threads(threads)
     # What ``comalite.tiny.ensure_tiny_vlm(smoke=...)`` builds: the same data config and stage-0 settings.
     data_cfg = load_config("tiny", list(overrides), smoke=smoke)
     tc = TinyConfig.smoke() if smoke else TinyConfig()
@@ -134,9 +134,7 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
         "model_dir": str(model_dir),
         "home_kept": bool(keep_home),
     }
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    atomic_write_json(report, out_file)
     print(f"data (ShapesWorld)     {data_seconds:8.1f} s")
     print(f"build_tiny_vlm         {build_seconds:8.1f} s  ({tiny['parameters']:,} parameters)")
     print(f"stage 0                {report['stage0_seconds']:8.1f} s  {report['stage0_steps']} steps x "

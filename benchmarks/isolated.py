@@ -16,6 +16,9 @@ PRELOAD = ["torch", "transformers", "peft", "bitsandbytes", "transformers.models
            "comalite.stage1", "comalite.objective"]
 
 
+MEMORY_UNITS = {"peak_rss": "peak RSS", "cuda_max_allocated": "CUDA max allocated"}  # the "memory" field, in words
+
+
 def rss_mb() -> float:
     """This process's peak resident memory so far, in MB (Linux reports kilobytes)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -38,7 +38,7 @@ def split_heldout(pairs: list[TrainPair], seed: int = 0) -> tuple[list[TrainPair
     for i, pair in enumerate(pairs):
         by_subset.setdefault(pair.subset, []).append(i)
     held: set[int] = set()
-    for k, (name, rows) in enumerate(sorted(by_subset.items())):
+    for k, (_, rows) in enumerate(sorted(by_subset.items())):
         n = max(1, round(len(rows) * HELDOUT_FRACTION))
         held.update(rows[j] for j in np.random.default_rng([seed, k]).choice(len(rows), size=n, replace=False))
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]

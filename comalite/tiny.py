@@ -19,7 +19,6 @@ and by question type, against an image-blind baseline.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -76,9 +75,6 @@ class TinyConfig:
     stage0_trains_vision: bool = False  # False: the pre-trained ViT stays frozen in stage 0 (as in LLaVA),
                                         # so the LLM learns to read it instead of the ViT drifting
 
-    SMOKE_STAGE0 = TrainConfig(steps=150, batch_size=32, lr=3e-3, warmup_ratio=0.05, save_every=0, log_every=50)
-    SMOKE_VISION = TrainConfig(steps=250, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=0, log_every=50)
-
     def __post_init__(self):
         if self.stage0 is None:
             self.stage0 = TrainConfig(steps=400, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=100,
@@ -90,8 +86,9 @@ class TinyConfig:
     @classmethod
     def smoke(cls) -> "TinyConfig":
         """Short stages for tests and notebooks' smoke mode: a working checkpoint, not a good VLM."""
-        return cls(stage0=dataclasses.replace(cls.SMOKE_STAGE0), vision=dataclasses.replace(cls.SMOKE_VISION),
-                   vision_scenes=1500, vision_heldout=200)
+        short = dict(lr=3e-3, warmup_ratio=0.05, save_every=0, log_every=50)
+        return cls(stage0=TrainConfig(steps=150, batch_size=32, **short),
+                   vision=TrainConfig(steps=250, batch_size=64, **short), vision_scenes=1500, vision_heldout=200)
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
