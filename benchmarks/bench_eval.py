@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from comalite.atomic import atomic_write_json
-from comalite.evaluate import Embedder, evaluate_dataset
+from comalite.eval import Embedder, evaluate_dataset
 from comalite.records import EmbedInput, EvalDataset, EvalQuery
 
 SYNTHETIC = {"tiny": (50, 40), "mmeb": (1000, 1000)}
@@ -33,7 +33,7 @@ class HashEmbedder:
 
     def __init__(self, dim: int = 1536):  # 1536: Qwen2-VL-2B's hidden size
         self.dim = dim
-        self.name = f"hash-d{dim}"
+        self.name = self.fingerprint = f"hash-d{dim}"  # its embeddings depend on nothing else
 
     def embed(self, inputs: list[EmbedInput]) -> np.ndarray:
         rows = []
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         embedder = HashEmbedder()
     if args.preset:
         from comalite.config import load_config
-        from comalite.datasets import eval_datasets
+        from comalite.data.sources import eval_datasets
 
         datasets = eval_datasets(load_config(args.preset, args.overrides))
     else:

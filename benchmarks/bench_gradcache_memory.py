@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from isolated import MEMORY_UNITS, add_model_args, rss_mb, run_isolated  # benchmarks/ is on sys.path
+from isolated import MEMORY_UNITS, add_model_args, ensure_checkpoint, rss_mb, run_isolated  # benchmarks/ is on sys.path
 
 from comalite.atomic import atomic_write_json
 
@@ -63,14 +63,14 @@ def measure(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     from comalite.backbone import load_backbone
     from comalite.config import load_config
-    from comalite.datasets import train_pairs
+    from comalite.data.sources import train_pairs
     from comalite.embedding import encode
     from comalite.gradcache import full_batch_step, gradcache_step
     from comalite.loss import InfoNCELoss
 
     backbone_set = [f"model.backbone={spec['checkpoint']}"] if spec["checkpoint"] else []
     cfg = load_config(spec["preset"], [*backbone_set, f"model.device={spec['device']}",
-                                       *spec["overrides"]], smoke=spec["smoke"])
+                                       *spec["overrides"]])
     pairs, repeated = select_pairs(train_pairs(cfg), spec["size"])
     backbone = load_backbone(cfg.model, train_adapter="stage2", seed=spec["seed"])
     backbone.train()
@@ -136,14 +136,15 @@ def _growth(rows: list[dict], mode: str) -> dict | None:
 
 def run_benchmark(sizes: list[int], chunk: int, out_file: str | Path, *, modes=MODES, device: str = "auto",
                   checkpoint: str | None = None, preset: str = "tiny", overrides: list[str] = (),
-                  smoke: bool = False, seed: int = 0, timeout: float | None = None,
+                  seed: int = 0, timeout: float | None = None,
                   threads: int | None = None) -> dict:
     rows = []
+    ensure_checkpoint(preset, overrides, checkpoint)
     load_before = os.getloadavg()[0]
     for size in sizes:
         for mode in modes:
             spec = {"mode": mode, "size": size, "chunk": chunk, "device": device, "checkpoint": checkpoint,
-                    "preset": preset, "overrides": list(overrides), "smoke": smoke, "seed": seed,
+                    "preset": preset, "overrides": list(overrides), "seed": seed,
                     "threads": threads}
             row = run_isolated(measure, spec, {"mode": spec["mode"], "batch_size": spec["size"]}, timeout)
             rows.append(row)
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown := set(modes) - set(MODES):
         parser.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
     return run_benchmark(sizes, args.chunk, args.out, modes=modes, device=args.device, checkpoint=args.checkpoint,
-                         preset=args.preset, overrides=args.overrides, smoke=args.smoke, seed=args.seed,
+                         preset=args.preset, overrides=args.overrides, seed=args.seed,
                          timeout=args.timeout, threads=args.threads)
 
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from isolated import MEMORY_UNITS, add_model_args, rss_mb, run_isolated  # benchmarks/ is on sys.path
+from isolated import MEMORY_UNITS, add_model_args, ensure_checkpoint, rss_mb, run_isolated  # benchmarks/ is on sys.path
 
 from comalite.atomic import atomic_write_json
 
@@ -41,16 +41,17 @@ def measure(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     from comalite.config import load_config
-    from comalite.datasets import stage1_dialogues
+    from comalite.data.sources import stage1_dialogues
     from comalite.objective import lm_loss
     from comalite.sequence import collate
-    from comalite.stage1 import batch_indices, dialogue_examples, load_stage1_backbone
+    from comalite.batching import batch_indices
+    from comalite.sequence import dialogue_examples
+    from comalite.stage1 import load_stage1_backbone
     from comalite.trainer import seed_everything
 
     backbone_set = [f"model.backbone={spec['checkpoint']}"] if spec["checkpoint"] else []
     cfg = load_config(spec["preset"], [*backbone_set, f"model.device={spec['device']}",
-                                       f"model.quantization={spec['quantization']}", *spec["overrides"]],
-                      smoke=spec["smoke"])
+                                       f"model.quantization={spec['quantization']}", *spec["overrides"]])
     s1 = cfg.stage1
     batch_size = spec["batch_size"] or s1.train.batch_size
     dialogues = stage1_dialogues(cfg)
@@ -113,14 +114,15 @@ def measure(spec: dict) -> dict:
 
 def run_benchmark(out_file: str | Path, *, quantizations=QUANTIZATIONS, steps: int = 10, warmup: int = 3,
                   batch_size: int | None = None, device: str = "auto", checkpoint: str | None = None,
-                  preset: str = "tiny", overrides: list[str] = (), smoke: bool = False, threads: int | None = None,
+                  preset: str = "tiny", overrides: list[str] = (), threads: int | None = None,
                   timeout: float | None = None) -> dict:
+    ensure_checkpoint(preset, overrides, checkpoint)
     load_before = os.getloadavg()[0]
     rows = []
     for quantization in quantizations:
         spec = {"quantization": quantization, "steps": steps, "warmup": warmup, "batch_size": batch_size,
                 "device": device, "checkpoint": checkpoint, "preset": preset, "overrides": list(overrides),
-                "smoke": smoke, "threads": threads}
+                "threads": threads}
         row = run_isolated(measure, spec, {"quantization": spec["quantization"]}, timeout)
         rows.append(row)
         if "error" in row:
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--steps must be >= 1 and --warmup >= 0")
     return run_benchmark(args.out, quantizations=quantizations, steps=args.steps, warmup=args.warmup,
                          batch_size=args.batch_size, device=args.device, checkpoint=args.checkpoint,
-                         preset=args.preset, overrides=args.overrides, smoke=args.smoke, threads=args.threads,
+                         preset=args.preset, overrides=args.overrides, threads=args.threads,
                          timeout=args.timeout)
 
 

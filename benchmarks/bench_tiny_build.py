@@ -6,15 +6,15 @@
     python benchmarks/bench_tiny_build.py --set data.root=DIR  # reuse an existing ShapesWorld folder
     python benchmarks/bench_tiny_build.py --smoke              # smoke mode: small data, TinyConfig.smoke()
 
-``comalite.tiny.build_tiny_vlm`` trains a tokenizer, initialises a small Qwen2-VL, pre-trains its ViT, runs
+``comalite.tiny.build.build_tiny_vlm`` trains a tokenizer, initialises a small Qwen2-VL, pre-trains its ViT, runs
 "stage 0" (a short generative pre-training on ShapesWorld QA dialogues) and scores held-out answers. This
-script times it into a fresh ``COMALITE_HOME`` (a temporary folder unless ``--home``), after building the
+script times it into a fresh data folder (``COMALITE_DATA``: a temporary folder unless ``--home``), after building the
 ShapesWorld data there first (timed separately: ``data_seconds``), and reports:
 
 - ``build_seconds``: the whole ``build_tiny_vlm`` call (tokenizer, init, ViT pre-training, stage 0, scoring,
   save); ``vision_token_accuracy``: what the pre-trained ViT's tokens tell a linear probe on held-out scenes;
-- ``stage0_seconds`` / ``stage0_steps_per_s``: the stage-0 training loop alone (``comalite.stage1.train_lm``,
-  which the build calls, is wrapped by a timer for the duration of the build);
+- ``vision_seconds``, ``stage0_seconds`` / ``stage0_steps_per_s``: the ViT pre-training and the stage-0
+  training loop alone (timed by the build itself, in ``tiny_report.json``);
 - ``heldout_answer_accuracy`` (whole dialogues) and ``heldout_turn_accuracy`` (one QA turn per sequence,
   as stage 0 trains; also by question type) against ``blind_baseline_accuracy`` (from ``tiny_report.json``):
   the most frequent training answer per question, never looking at the image. The margin is what the
@@ -25,7 +25,6 @@ The numbers go to a JSON file (default ``benchmarks/results/tiny_build.json``) a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -41,28 +40,6 @@ from comalite.atomic import atomic_write_json
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "tiny_build.json"
 
 
-@contextlib.contextmanager
-def _timed_train_lm(record: dict):
-    """Wrap ``comalite.stage1.train_lm`` (which ``build_tiny_vlm`` imports at call time) with a timer."""
-    from comalite import stage1
-
-    original = stage1.train_lm
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        history = original(*args, **kwargs)
-        record["seconds"] = time.perf_counter() - start
-        record["steps"] = len(history)
-        record["sequences"] = len(args[1]) if len(args) > 1 else len(kwargs.get("dialogues", ()))
-        return history
-
-    stage1.train_lm = timed
-    try:
-        yield record
-    finally:
-        stage1.train_lm = original
-
-
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
@@ -71,16 +48,18 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
                   vision_steps: int | None = None, overrides: list[str] = (), threads: int | None = None,
                   keep_home: bool = True, smoke: bool = False) -> dict:
     """Build ShapesWorld and the tiny VLM under ``home``; write and return the timings and accuracies."""
-    os.environ["COMALITE_HOME"] = str(home)  # read at call time by comalite.config.home_dir
+    os.environ["COMALITE_DATA"] = str(home)  # read at call time by comalite.paths.data_dir
     import torch
 
     from comalite.config import load_config
-    from comalite.datasets import ensure_data
-    from comalite.tiny import TinyConfig, build_tiny_vlm
+    from comalite.data.sources import ensure_data
+    from comalite.pipeline import TINY_BUILDS
+    from comalite.tiny.build import build_tiny_vlm
 
-    # What ``comalite.tiny.ensure_tiny_vlm(smoke=...)`` builds: the same data config and stage-0 settings.
-    data_cfg = load_config("tiny", list(overrides), smoke=smoke)
-    tc = TinyConfig.smoke() if smoke else TinyConfig()
+    # What ``comalite build-tiny [--smoke]`` builds: the same data config and recipe.
+    preset, recipe = TINY_BUILDS["tiny-smoke" if smoke else "tiny"]
+    data_cfg = load_config(preset, list(overrides))
+    tc = recipe()
     if steps is not None:
         tc.stage0.steps = steps
     if batch_size is not None:
@@ -95,21 +74,20 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
     data_root = ensure_data(data_cfg)
     data_seconds = time.perf_counter() - start
 
-    stage0: dict = {}
     start = time.perf_counter()
-    with _timed_train_lm(stage0):
-        model_dir = build_tiny_vlm(home / ("tiny-vlm-smoke" if smoke else "tiny-vlm"), tc, data_cfg=data_cfg)
+    model_dir = build_tiny_vlm(home / ("tiny-vlm-smoke" if smoke else "tiny-vlm"), tc, data_cfg=data_cfg)
     build_seconds = time.perf_counter() - start
 
     tiny = json.loads((model_dir / "tiny_report.json").read_text())
     report = {
         "build_seconds": build_seconds,
         "data_seconds": data_seconds,
-        "stage0_seconds": stage0.get("seconds"),
-        "stage0_steps": stage0.get("steps"),
+        "vision_seconds": tiny["vision_seconds"],
+        "stage0_seconds": tiny["stage0_seconds"],
+        "stage0_steps": tc.stage0.steps,
         "stage0_batch_size": tc.stage0.batch_size,
-        "stage0_sequences": stage0.get("sequences"),
-        "stage0_steps_per_s": stage0["steps"] / stage0["seconds"] if stage0.get("seconds") else None,
+        "stage0_sequences": tiny["stage0_sequences"],
+        "stage0_steps_per_s": tc.stage0.steps / max(tiny["stage0_seconds"], 1e-9),
         "vision_token_accuracy": tiny["vision_token_accuracy"],
         "heldout_answer_accuracy": tiny["heldout_answer_accuracy"],
         "heldout_turn_accuracy": tiny["heldout_turn_accuracy"],
@@ -160,27 +138,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, help="stage-0 optimizer steps (default: TinyConfig's)")
     parser.add_argument("--batch-size", type=int, help="stage-0 batch size (default: TinyConfig's)")
     parser.add_argument("--vision-steps", type=int, help="ViT pre-training steps (default: TinyConfig's)")
-    parser.add_argument("--home", help="COMALITE_HOME to build into and keep (default: a temporary folder, "
-                                       "deleted afterwards)")
+    parser.add_argument("--home", help="data folder (COMALITE_DATA) to build into and keep (default: a temporary "
+                                       "folder, deleted afterwards)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a tiny-preset setting for the data, e.g. data.n_stage1_images=360 "
                              "or data.root=DIR (repeatable)")
-    parser.add_argument("--threads", type=int, help="torch threads for the build (default: TinyConfig.threads, 1)")
+    parser.add_argument("--threads", type=int, help="torch threads for the build (default: TinyConfig.threads)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the numbers")
     args = parser.parse_args(argv)
 
     temporary = args.home is None
     home = Path(tempfile.mkdtemp(prefix="comalite-bench-")) if temporary else Path(args.home)
-    previous = os.environ.get("COMALITE_HOME")
+    previous = os.environ.get("COMALITE_DATA")
     try:
         return run_benchmark(home, args.out, steps=args.steps, batch_size=args.batch_size,
                              vision_steps=args.vision_steps, overrides=args.overrides, threads=args.threads,
                              keep_home=not temporary, smoke=args.smoke)
     finally:
         if previous is None:
-            os.environ.pop("COMALITE_HOME", None)
+            os.environ.pop("COMALITE_DATA", None)
         else:
-            os.environ["COMALITE_HOME"] = previous
+            os.environ["COMALITE_DATA"] = previous
         if temporary:
             shutil.rmtree(home, ignore_errors=True)
 

@@ -56,11 +56,20 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     """The options every model benchmark shares: where the model and data come from, and threads."""
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--checkpoint", help="model.backbone: a checkpoint folder (default: the preset's, e.g. "
-                                             "'tiny' = $COMALITE_HOME/tiny-vlm, built if missing)")
-    parser.add_argument("--smoke", action="store_true", help="smoke mode: the small ShapesWorld and the "
-                                                              "tiny-vlm-smoke checkpoint (comalite.config)")
-    parser.add_argument("--preset", default="tiny", help="config preset for the model and data settings")
+                                             "'tiny' = data/tiny-vlm)")
+    parser.add_argument("--preset", default="tiny", help="config preset for the model and data settings "
+                                                         "(tiny-smoke: the small ShapesWorld and smoke tiny VLM)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a preset setting, e.g. model.quantization=none (repeatable)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads in each worker (default: torch's "
                                                      "choice; 1 on a CPU shared with other jobs)")
+
+
+def ensure_checkpoint(preset: str, overrides: list[str], checkpoint: str | None) -> None:
+    """Build the preset's named tiny checkpoint here first if it is missing, so that no measured worker pays."""
+    if checkpoint:
+        return
+    from comalite.config import load_config
+    from comalite.pipeline import ensure_backbone
+
+    ensure_backbone(load_config(preset, list(overrides)))

@@ -1,7 +1,7 @@
 """One call turns a checkpoint into a trainable model: ``load_backbone(ModelConfig(...))``.
 
 What it does, in order (each step is a flag in ``ModelConfig``):
-1. resolve the checkpoint: ``"tiny"`` (built in code on first use), a local folder, or a hub id;
+1. resolve the checkpoint: ``"tiny"`` (shipped in ``data/``), a local folder, or a hub id;
 2. load tokenizer + image processor without torchvision and add the K compression tokens;
 3. load the VLM, optionally in bitsandbytes nf4 (double quant) with the vision tower and ``lm_head`` kept
    unquantised; everything frozen;
@@ -16,10 +16,13 @@ stage 1 computed, for the price of one extra low-rank product per adapted layer.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import bitsandbytes as bnb
 import torch
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -27,10 +30,14 @@ from torch import nn
 
 from .compression import CompressionTokens
 from .config import ModelConfig
+from .errors import CheckpointError
 from .mask import additive_mask
+from .paths import data_dir
 from .processor import VLProcessor
+from .fingerprint import files_fingerprint
 
 log = logging.getLogger(__name__)
+CHECKSUMS = "CHECKSUMS"
 
 MODEL_CLASSES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
@@ -53,24 +60,67 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtypes[name]
 
 
-def resolve_checkpoint(backbone: str) -> Path | str:
-    """``tiny`` (``tiny-smoke``) -> the cached tiny VLM (built if missing); a folder -> itself; else a hub id."""
-    if backbone in ("tiny", "tiny-smoke"):
-        from .tiny import ensure_tiny_vlm
+NAMED_CHECKPOINTS = ("tiny", "tiny-smoke")
+"""Checkpoints known by name, kept under ``data/``: ``tiny`` is shipped with the repository, ``tiny-smoke`` is
+built on first use by ``comalite.pipeline`` (loading never builds)."""
 
-        return ensure_tiny_vlm(smoke=backbone == "tiny-smoke")
+
+def resolve_checkpoint(backbone: str) -> Path | str:
+    """``tiny`` / ``tiny-smoke`` -> its folder under ``data/`` (checksum verified); a folder -> itself; else a
+    hub id."""
+    if backbone in NAMED_CHECKPOINTS:
+        folder = data_dir() / f"{backbone.replace('tiny', 'tiny-vlm', 1)}"
+        if not (folder / "config.json").exists():
+            raise CheckpointError(f"the {backbone} checkpoint is not in {folder}: build it with "
+                                  f"`comalite build-tiny{' --smoke' if backbone == 'tiny-smoke' else ''}`")
+        verify_checksums(folder)
+        return folder
     path = Path(backbone).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} has no config.json: not a transformers checkpoint folder")
+            raise CheckpointError(f"{path} has no config.json: not a transformers checkpoint folder. Point "
+                                  "model.backbone at the folder that holds config.json and the weights.")
         return path
     if backbone.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"checkpoint folder {backbone} does not exist")
+        raise CheckpointError(f"checkpoint folder {backbone} does not exist: fix model.backbone")
     return backbone
 
 
-def _offline_error(backbone: str, err: Exception) -> OSError:
-    return OSError(
+def verify_checksums(folder: Path) -> None:
+    """Check the files listed in ``folder/CHECKSUMS`` (``<sha256>  <name>`` lines, as ``sha256sum`` writes
+    them), when the folder has one: a shipped checkpoint must be the one its report describes."""
+    listing = folder / CHECKSUMS
+    if not listing.exists():
+        return
+    for line in listing.read_text().splitlines():
+        expected, name = line.split(maxsplit=1)
+        path = folder / name.strip()
+        if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise CheckpointError(f"{path} is missing or differs from its checksum in {listing}: restore it "
+                                  "(git checkout data/) or rebuild it (comalite build-tiny)")
+
+
+def checkpoint_fingerprint(backbone: str) -> str:
+    """A hash of what a checkpoint holds: its config and weight files (a hub id stands for itself)."""
+    folder = resolve_checkpoint(backbone)
+    if not isinstance(folder, Path):
+        return f"hub:{folder}"
+    files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".model", ".txt")]
+    return files_fingerprint(files)
+
+
+def use_cpu_threads(n: int) -> None:
+    """Torch's CPU threads: ``n``, else ``$COMALITE_CPU_THREADS``, else every core (the one place they are set).
+
+    Several processes sharing a few cores each with a thread per core slow each other 10-100x (a parallel
+    region waits for descheduled threads): give each one thread then (``COMALITE_CPU_THREADS=1``)."""
+    n = n or int(os.environ.get("COMALITE_CPU_THREADS", 0)) or os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def _offline_error(backbone: str, err: Exception) -> CheckpointError:
+    return CheckpointError(
         f"could not load checkpoint '{backbone}': it is not a local folder and could not be fetched from the "
         f"Hugging Face hub ({type(err).__name__}: {err}). Offline? Download it once where there is network "
         f"(`huggingface-cli download {backbone} --local-dir /some/folder`) and pass the folder instead: "
@@ -89,8 +139,6 @@ def _keep_4bit_trainable_on_cpu(model: nn.Module) -> None:
     """bitsandbytes repacks 4-bit weights for a faster CPU kernel the first time a layer runs in eval mode,
     and a layer with a bias then fails in training mode (an in-place add on a leaf). Stages evaluate
     between training steps, so comalite keeps the trainable layout."""
-    import bitsandbytes as bnb
-
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
@@ -98,11 +146,14 @@ def _keep_4bit_trainable_on_cpu(model: nn.Module) -> None:
 
 @dataclass
 class Backbone:
-    """A loaded VLM with its processor, adapters and compression rows. ``hf`` is the transformers model
-    (adapters are injected into it in place); ``model`` is the PEFT wrapper when adapters exist."""
+    """A loaded VLM with its processor, adapters and compression rows.
 
-    model: nn.Module
+    ``hf`` is the transformers model; LoRA layers are injected into it in place. ``peft`` is the PEFT wrapper
+    that manages them (None when the model carries no adapter).
+    """
+
     hf: nn.Module
+    peft: PeftModel | None
     processor: VLProcessor
     compression: CompressionTokens
     config: ModelConfig
@@ -110,9 +161,9 @@ class Backbone:
     trainable_adapter: str | None
 
     @property
-    def core(self) -> nn.Module:
-        """The decoder with the vision tower, without ``lm_head`` (returns hidden states)."""
-        return self.hf.model
+    def visual(self) -> nn.Module:
+        """The vision tower with its patch merger (frozen in stages 1 and 2)."""
+        return self.hf.model.visual
 
     @property
     def lm_head(self) -> nn.Module:
@@ -126,8 +177,21 @@ class Backbone:
     def dtype(self) -> torch.dtype:
         return self.hf.get_input_embeddings().weight.dtype
 
+    @property
+    def training(self) -> bool:
+        return self.hf.training
+
     def train(self, mode: bool = True) -> "Backbone":
-        self.model.train(mode)
+        """Training mode, except the frozen adapters' dropout: a frozen stage-1 adapter must compute in stage 2
+        exactly what stage 1 handed over (a merged adapter, as in the paper, has no dropout either)."""
+        self.hf.train(mode)
+        frozen = [name for name in self.adapters if name != self.trainable_adapter]
+        for module in self.hf.modules():
+            dropouts = getattr(module, "lora_dropout", None)
+            if isinstance(dropouts, nn.ModuleDict):
+                for name in frozen:
+                    if name in dropouts:
+                        dropouts[name].eval()
         return self
 
     def eval(self) -> "Backbone":
@@ -138,7 +202,8 @@ class Backbone:
 
         ``allowed`` is an optional (B, L, L) boolean attention matrix (``comalite.mask``); without it the
         model uses its ordinary causal mask with the batch's padding. Position ids always come from the
-        model's own rope-index function (3D M-RoPE for images).
+        model's own rope-index function (3D M-RoPE for images). A frozen vision tower runs without autograd:
+        no backward pass ever goes through it (on the 2B that is 675M parameters of needless backward).
         """
         dev = self.device
         ids = batch["input_ids"].to(dev)
@@ -146,26 +211,28 @@ class Backbone:
         mm_types = (ids == self.processor.image_pad_id).int()
         grid = batch.get("image_grid_thw")
         grid = grid.to(dev) if grid is not None else None
-        position_ids, _ = self.core.get_rope_index(ids, mm_token_type_ids=mm_types, image_grid_thw=grid,
-                                                   attention_mask=pad_mask)
+        position_ids, _ = self.hf.model.get_rope_index(ids, mm_token_type_ids=mm_types, image_grid_thw=grid,
+                                                       attention_mask=pad_mask)
         mask = pad_mask if allowed is None else additive_mask(allowed.to(dev), self.dtype)
-        pixels = batch.get("pixel_values")
-        out = self.core(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                        pixel_values=pixels.to(dev, self.dtype) if pixels is not None else None,
-                        image_grid_thw=grid, mm_token_type_ids=mm_types, use_cache=False)
+        encoded = {}
+        if batch.get("pixel_values") is not None:
+            vision_trains = any(p.requires_grad for p in self.visual.parameters())
+            with torch.set_grad_enabled(torch.is_grad_enabled() and vision_trains):
+                encoded["image"] = self.hf.model.get_image_features(batch["pixel_values"].to(dev, self.dtype), grid,
+                                                                    return_dict=True)
+        out = self.hf.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, image_grid_thw=grid,
+                            mm_token_type_ids=mm_types, mm_encoder_outputs=encoded, use_cache=False)
         return out.last_hidden_state
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Every parameter that trains, by name (the trainable adapter and the compression rows)."""
-        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        params = {n: p for n, p in self.hf.named_parameters() if p.requires_grad}
         if self.compression.rows.requires_grad:
             params["compression.rows"] = self.compression.rows
         return params
 
     def summary(self) -> dict:
         """Trainable and total parameter counts, which modules carry adapters, how many are 4-bit."""
-        import bitsandbytes as bnb
-
         total = sum(p.numel() for p in self.hf.parameters()) + self.compression.rows.numel()
         trainable = sum(p.numel() for p in self.trainable_parameters().values())
         adapted = sorted({n.rsplit(".", 1)[-1] for n, m in self.hf.named_modules() if hasattr(m, "lora_A")})
@@ -181,7 +248,7 @@ class Backbone:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.trainable_adapter:
-            self.model.save_pretrained(str(folder / "adapters"), selected_adapters=[self.trainable_adapter])
+            self.peft.save_pretrained(str(folder / "adapters"), selected_adapters=[self.trainable_adapter])
         self.compression.save(folder)
 
 
@@ -197,10 +264,8 @@ def load_backbone(cfg: ModelConfig, *, adapters: list[tuple[str, str | Path]] = 
     """
     checkpoint = resolve_checkpoint(cfg.backbone)
     device = resolve_device(cfg.device)
-    if device.type == "cpu" and cfg.cpu_threads:
-        # Tiny matrices gain little from threads, and on a shared CPU a parallel region waits for
-        # descheduled threads: 10-100x slower steps (benchmarks/README.md).
-        torch.set_num_threads(cfg.cpu_threads)
+    if device.type == "cpu":
+        use_cpu_threads(cfg.cpu_threads)
     dtype = resolve_dtype(cfg.dtype, device)
     saved_rows = CompressionTokens.load(compression_from) if compression_from else None
     n_compress = len(saved_rows.token_ids) if saved_rows is not None else cfg.n_compress
@@ -262,7 +327,8 @@ def load_backbone(cfg: ModelConfig, *, adapters: list[tuple[str, str | Path]] = 
     compression.to(device)
     compression.rows.requires_grad_(train_compression)
     compression.attach(hf.get_input_embeddings())
-    backbone = Backbone(model, hf, processor, compression, cfg, tuple(names), train_adapter)
+    peft = model if isinstance(model, PeftModel) else None
+    backbone = Backbone(hf, peft, processor, compression, cfg, tuple(names), train_adapter)
     log.info("loaded %s: %s", cfg.backbone, backbone.summary())
     return backbone
 

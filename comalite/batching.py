@@ -29,9 +29,25 @@ batches past it. Either way the resumed run sees exactly the batches the uninter
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """The items of optimizer step ``step``: consecutive slices of a fresh seeded permutation per epoch.
+    Depends only on its arguments, which is what makes resumed runs exact."""
+    out = []
+    for pos in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(pos, n)
+        out.append(int(_epoch_order(seed, epoch, n)[offset]))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 class SubBatchSampler:

@@ -1,26 +1,41 @@
 """The ``comalite`` command: one entry point, one subcommand per step of the recipe.
 
-    comalite demo                          # everything on the tiny preset: data, tiny VLM, both stages, eval
-    comalite data      [--preset P]        # build ShapesWorld (tiny) / check the MMEB folder
-    comalite build-tiny [--force] [--smoke] # (re)build the tiny VLM
-    comalite stage1    [--preset P] [--set section.field=value ...]
-    comalite stage2    [--preset P] [--set stage2.init=backbone]   # contrastive-only baseline
-    comalite eval      [--preset P] [--models base,stage1,stage2,...]
-    comalite stage1-data --images DIR --out FILE [--preset P]     # QA dialogues for real images
-    comalite config    [--preset P]        # print the resolved configuration
+    comalite demo       [--preset P] [--overwrite]   # both stages, the baseline and the table (tiny: minutes)
+    comalite stage1     [--preset P] [--set section.field=value ...] [--overwrite]
+    comalite stage2     [--preset P] [--set stage2.init=backbone]   # contrastive-only baseline
+    comalite eval       [--preset P] [--models base,stage1,stage2,...]
+    comalite data       [--preset P]                 # build ShapesWorld (tiny) or check data.root
+    comalite check-data DIR [--images DIR]           # report on a local MMEB-train or MMEB-eval folder
+    comalite build-tiny [--smoke]                    # rebuild the tiny VLM in data/
+    comalite stage1-data --images DIR --out FILE     # QA dialogues for real images
+    comalite config     [--preset P]                 # print the resolved configuration
+
+A run folder records the settings and inputs that made it: the same command resumes or reuses it; other
+settings are refused unless ``--overwrite`` (or another ``--set out_dir=...``). Mistakes in input or
+settings end in one message naming the file, row or setting; ``--debug`` (or ``COMALITE_DEBUG=1``) shows the
+traceback too.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 
-from .config import load_config
+from .config import load_config, preset_names
+from .errors import ComaliteError
 
 
 def _config(args):
     return load_config(args.preset, args.set)
+
+
+def _pipeline():
+    # Commands that train or evaluate import torch and transformers (seconds); `config` and `--help` stay instant.
+    from . import pipeline
+
+    return pipeline
 
 
 def cmd_config(args) -> None:
@@ -28,109 +43,124 @@ def cmd_config(args) -> None:
 
 
 def cmd_data(args) -> None:
-    from .datasets import ensure_data
+    from .data.sources import ensure_data
 
-    cfg = _config(args)
-    root = ensure_data(cfg)
+    root = ensure_data(_config(args))
     print(f"data ready in {root}")
     manifest = root / "manifest.json"
     if manifest.exists():
         info = json.loads(manifest.read_text())
-        print(json.dumps({k: v for k, v in info.items() if k in ("counts", "sizes", "seconds", "seed")}, indent=2))
+        print(json.dumps({k: v for k, v in info.items() if k in ("counts", "params")}, indent=2))
+
+
+def cmd_check_data(args) -> None:
+    from .data.check import check_folder
+
+    rows = check_folder(args.folder, image_root=args.images)
+    print(f"| dataset | kind | rows | distinct images | candidates per query | problem |\n|---|---|---:|---:|---|---|")
+    for r in rows:
+        print(f"| {r['dataset']} | {r['kind']} | {r['rows']} | {r['images']} | {r['candidates']} | {r['problem'] or 'ok'} |")
+    bad = [r for r in rows if r["problem"]]
+    print(f"\n{len(rows)} datasets, {len(bad)} with a problem" + (": see the first problem named above" if bad else ""))
+    if bad:
+        sys.exit(1)
 
 
 def cmd_build_tiny(args) -> None:
-    import shutil
-
-    from .config import home_dir
-    from .tiny import ensure_tiny_vlm
-
-    if args.force:
-        shutil.rmtree(home_dir() / ("tiny-vlm-smoke" if args.smoke else "tiny-vlm"), ignore_errors=True)
-    path = ensure_tiny_vlm(smoke=args.smoke)
+    path = _pipeline().build_tiny("tiny-smoke" if args.smoke else "tiny")
     print(f"tiny VLM in {path}")
     print((path / "tiny_report.json").read_text())
 
 
-def cmd_stage1(args) -> None:
+def cmd_stage(args) -> None:
+    folder = _pipeline().ensure_stage(_config(args), args.command, overwrite=args.overwrite)
     from .result import read_result
-    from .stage1 import run_stage1
 
-    out = run_stage1(_config(args))
-    print(json.dumps(read_result(out)["metrics"], indent=2))
-
-
-def cmd_stage2(args) -> None:
-    from .result import read_result
-    from .stage2 import run_stage2
-
-    out = run_stage2(_config(args))
-    print(json.dumps(read_result(out)["metrics"], indent=2))
+    print(json.dumps(read_result(folder)["metrics"], indent=2))
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import format_table
-    from .experiment import evaluate_models
+    from .eval import format_table
 
     cfg = _config(args)
-    results = evaluate_models(cfg, [m for m in args.models.split(",") if m])
+    results = _pipeline().evaluate_models(cfg, [m for m in args.models.split(",") if m])
     print(format_table(results))
     print(f"saved {cfg.run_dir() / 'eval' / 'results.json'} and results.md")
 
 
 def cmd_demo(args) -> None:
-    from .evaluate import format_table
-    from .experiment import run_all
+    from .eval import format_table
 
     cfg = _config(args)
-    results = run_all(cfg)
+    results = _pipeline().run_all(cfg, overwrite=args.overwrite)
     print(format_table(results))
     print(f"results, checkpoints and plots under {cfg.run_dir()}")
 
 
 def cmd_stage1_data(args) -> None:
-    from .stage1_data import build_stage1_data
+    from .data.dialogues import build_stage1_data
 
     n = build_stage1_data(_config(args), images=args.images, out=args.out, generator=args.generator,
                           limit=args.limit)
     print(f"wrote {n} dialogues to {args.out}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="comalite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors too")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name, func, help_text):
+    def add(name, func, help_text, *, preset=True, overwrite=False):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--preset", default="tiny", help="preset name in configs/ or a YAML path")
-        p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                       help="override one setting (repeatable)")
+        if preset:
+            p.add_argument("--preset", default="tiny", help=f"one of {', '.join(preset_names())}, or a YAML path")
+            p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                           help="override one setting (repeatable)")
+        if overwrite:
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace a run made from other settings in the same folder (default: refuse)")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.set_defaults(func=func)
         return p
 
     add("config", cmd_config, "print the resolved configuration")
-    add("data", cmd_data, "build ShapesWorld or check the data folder")
-    p = add("build-tiny", cmd_build_tiny, "build the tiny VLM (cached under the home folder)")
-    p.add_argument("--force", action="store_true", help="rebuild even if it exists")
-    p.add_argument("--smoke", action="store_true", help="the smoke-mode copy (short stage 0)")
-    add("stage1", cmd_stage1, "compression pre-training")
-    add("stage2", cmd_stage2, "contrastive tuning")
+    add("data", cmd_data, "build ShapesWorld or check data.root")
+    p = add("check-data", cmd_check_data, "report on a local MMEB folder (datasets, columns, images)", preset=False)
+    p.add_argument("folder", help="folder with one sub-folder per dataset (MMEB-train or MMEB-eval layout)")
+    p.add_argument("--images", default=None, help="folder the image paths are relative to (default: the folder)")
+    p = add("build-tiny", cmd_build_tiny, "rebuild the tiny VLM into data/", preset=False)
+    p.add_argument("--smoke", action="store_true", help="the smoke-mode copy (short training, for tests)")
+    add("stage1", cmd_stage, "compression pre-training", overwrite=True)
+    add("stage2", cmd_stage, "contrastive tuning (stage 1 first if missing)", overwrite=True)
     add("eval", cmd_eval, "MMEB-protocol evaluation").add_argument(
         "--models", default="base,stage1,contrastive_only,stage2",
         help="comma-separated: base, stage1, stage2, contrastive_only, or result folders")
-    add("demo", cmd_demo, "the whole recipe on the preset (default: tiny)")
+    add("demo", cmd_demo, "the whole recipe on the preset (default: tiny)", overwrite=True)
     p = add("stage1-data", cmd_stage1_data, "write stage-1 QA dialogues for a folder of real images")
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="output jsonl")
     p.add_argument("--generator", default="", help="VLM that writes the QA (default: the preset's backbone)")
     p.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "transformers", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args.func(args)
+    try:
+        args.func(args)
+    except ComaliteError as err:
+        if args.debug or os.environ.get("COMALITE_DEBUG"):
+            raise
+        print(f"comalite {args.command}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\ncomalite {args.command}: interrupted; the same command resumes from the last checkpoint",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

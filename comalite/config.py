@@ -1,36 +1,33 @@
 """Every knob of a run, as dataclasses with commented defaults, and presets as small YAML files.
 
-A preset (``configs/tiny.yaml``, ``configs/qwen2-vl-2b.yaml``, ...) only lists what differs from the
-defaults below; ``--set section.field=value`` on the command line overrides one field. The defaults are
-the paper's recipe where the paper says something (see ``../shared/notes/recipe.md``).
+A preset (``comalite/presets/tiny.yaml``, ``qwen2-vl-2b.yaml``, ...) lists only what differs from the
+defaults below, or from the preset it names as ``base``; ``--set section.field=value`` on the command line
+overrides one field. The defaults are the paper's recipe where the paper says something. ``tiny-smoke`` is
+the tiny preset shrunk to a minute: tests, CI and the notebooks' quick check use it.
+
+Values are checked when they are set (an unknown key, a wrong type, ``steps=2.5``, ``mask=2``) and as a
+whole by ``Config.validate`` (choices, ranges, divisibility), so a bad setting fails before any model loads.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_DIR = PACKAGE_DIR.parent
-CONFIG_DIR = REPO_DIR / "configs"
-
-
-def home_dir() -> Path:
-    """Where runs, the tiny checkpoint and generated data live: ``$COMALITE_HOME`` or ``<repo>/runs``."""
-    default = REPO_DIR / "runs" if (REPO_DIR / "pyproject.toml").exists() else Path.home() / ".cache" / "comalite"
-    return Path(os.environ.get("COMALITE_HOME", default))
+from .errors import ConfigError
+from .paths import data_dir, home_dir
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "tiny"            # "tiny" (built in code), a hub id, or a local checkpoint folder
+    backbone: str = "tiny"            # "tiny" (shipped in data/), "tiny-smoke", a hub id, or a local checkpoint folder
     quantization: str = "nf4"         # "nf4" (bitsandbytes 4-bit, double quant) or "none"
     dtype: str = "auto"               # compute dtype: "auto" = bf16 where the GPU has it, else fp32
     device: str = "auto"              # "auto" = cuda if available, else cpu
-    cpu_threads: int = 0              # torch threads on CPU (0 = torch's default); tiny: 1, see benchmarks/
+    cpu_threads: int = 0              # torch threads on CPU; 0 = $COMALITE_CPU_THREADS if set, else every core
     n_compress: int = 32              # K compression tokens (paper: 32 best at 3B; CREM: 16 at 2B)
     lora_r: int = 16
     lora_alpha: int = 64
@@ -57,15 +54,16 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 200             # checkpoint period in optimizer steps (0: only at the end)
     log_every: int = 10
+    divergence_factor: float = 5.0    # stop when a loss exceeds this many times (and 1 nat over) its recent mean; 0: off
 
 
 @dataclass
 class DataConfig:
-    """Where the data comes from. ``shapesworld`` builds the synthetic world under the run home."""
+    """Where the data comes from. ``shapesworld`` builds the synthetic world under ``data/``."""
 
     source: str = "shapesworld"       # "shapesworld" or "mmeb"
-    name: str = "shapesworld"         # ShapesWorld's folder under the home (smoke mode keeps its own)
-    root: str = ""                    # folder of the data; "" = <home>/shapesworld for ShapesWorld
+    name: str = "shapesworld"         # ShapesWorld's folder under data/ (smoke mode keeps its own)
+    root: str = ""                    # folder of the data; "" = data/<name> for ShapesWorld (required for mmeb)
     image_root: str = ""              # images for real MMEB files ("" = root)
     seed: int = 0
     image_size: int = 112             # ShapesWorld render size (multiple of 28)
@@ -95,7 +93,7 @@ class Stage2Config:
     """Contrastive tuning."""
 
     init: str = "stage1"              # "stage1" (CoMa) or "backbone" (contrastive-only baseline)
-    subsets: tuple[str, ...] = ()     # MMEB-train subsets ("" = every subset found)
+    subsets: tuple[str, ...] = ()     # MMEB-train subsets (() = every subset found)
     per_subset_cap: int = 0           # rows per subset (0 = all)
     sub_batch_size: int = 64          # pairs per same-subset sub-batch (0 = fully mixed batches)
     chunk_size: int = 8               # GradCache chunk (sequences encoded at once)
@@ -133,10 +131,45 @@ class Config:
 
     def data_root(self) -> Path:
         """The data folder (ShapesWorld is built there if missing)."""
-        return Path(self.data.root) if self.data.root else home_dir() / self.data.name
+        return Path(self.data.root) if self.data.root else data_dir() / self.data.name
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def validate(self) -> "Config":
+        """Check choices, ranges and the settings that must agree; raises ``ConfigError`` naming the setting."""
+        for where, value, choices in (
+            ("model.quantization", self.model.quantization, ("nf4", "none")),
+            ("model.dtype", self.model.dtype, ("auto", "bf16", "fp16", "fp32")),
+            ("model.attn_implementation", self.model.attn_implementation, ("sdpa", "eager")),
+            ("data.source", self.data.source, ("shapesworld", "mmeb")),
+            ("stage1.supervise", self.stage1.supervise, ("answers", "all")),
+            ("stage2.init", self.stage2.init, ("stage1", "backbone")),
+            ("stage2.pooling", self.stage2.pooling, ("mean", "last")),
+        ):
+            if value not in choices:
+                raise ConfigError(f"{where}={value!r}: choose one of {', '.join(choices)}")
+        for where, value in (("model.n_compress", self.model.n_compress), ("stage1.heldout", self.stage1.heldout),
+                             ("stage2.chunk_size", self.stage2.chunk_size), ("eval.batch_size", self.eval.batch_size)):
+            if value < 1:
+                raise ConfigError(f"{where}={value}: must be at least 1")
+        if self.stage2.temperature <= 0:
+            raise ConfigError(f"stage2.temperature={self.stage2.temperature}: must be > 0")
+        for stage in ("stage1", "stage2"):
+            train = getattr(self, stage).train
+            for name in ("steps", "batch_size", "grad_accum"):
+                if getattr(train, name) < 1:
+                    raise ConfigError(f"{stage}.train.{name}={getattr(train, name)}: must be at least 1")
+            if train.lr <= 0:
+                raise ConfigError(f"{stage}.train.lr={train.lr}: must be > 0")
+        s1 = self.stage1.train
+        if s1.batch_size % s1.grad_accum:
+            raise ConfigError(f"stage1.train.batch_size={s1.batch_size} is not divisible by "
+                              f"stage1.train.grad_accum={s1.grad_accum}")
+        sub, batch = self.stage2.sub_batch_size, self.stage2.train.batch_size
+        if sub and (sub > batch or batch % sub):
+            raise ConfigError(f"stage2.sub_batch_size={sub} must divide stage2.train.batch_size={batch} (0: mixed)")
+        return self
 
 
 def _update(obj, values: dict, where: str) -> None:
@@ -144,76 +177,97 @@ def _update(obj, values: dict, where: str) -> None:
     names = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in values.items():
         if key not in names:
-            raise KeyError(f"{where}: unknown setting '{key}'; known: {', '.join(sorted(names))}")
+            raise ConfigError(f"{where}: unknown setting '{key}'; known: {', '.join(sorted(names))}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise TypeError(f"{where}.{key} is a section; give a mapping, not {value!r}")
+                raise ConfigError(f"{where}.{key} is a section; give a mapping, not {value!r}")
             _update(current, value, f"{where}.{key}")
         else:
             setattr(obj, key, _coerce(value, current, f"{where}.{key}"))
 
 
 def _coerce(value, current, where: str):
-    """Convert a YAML or command-line value to the type of the default it replaces."""
+    """``value`` (from YAML or the command line) as the type of the default it replaces, or ConfigError."""
     if isinstance(current, tuple):
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        return tuple(value)
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: expected a comma-separated list of names, got {value!r}")
     if isinstance(current, bool):
-        if isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"{where}: expected true/false, got {value!r}")
-            return value.lower() in ("true", "1", "yes")
-        return bool(value)
-    if isinstance(current, (int, float)) and isinstance(value, str):
-        try:
-            return type(current)(float(value)) if isinstance(current, int) else float(value)
-        except ValueError:
-            raise ValueError(f"{where}: expected a number, got {value!r}") from None
-    if isinstance(current, int) and isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(current, int):
+        number = _number(value, where)
+        if number != int(number):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        return int(number)
+    if isinstance(current, float):
+        return float(_number(value, where))
+    if isinstance(value, (dict, list, bool)) or value is None:
+        raise ConfigError(f"{where}: expected text, got {value!r}")
+    return str(value)
 
 
-def preset_path(preset: str) -> Path:
-    """A preset name (``tiny``) or a path to a YAML file."""
+def _number(value, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+
+
+def preset_names() -> list[str]:
+    """The presets shipped with the package."""
+    return sorted(p.name[:-5] for p in resources.files("comalite.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_preset(preset: str, seen: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """``[(file name, values)]`` of a preset and the presets it is based on, base first."""
     path = Path(preset)
     if path.suffix in (".yaml", ".yml"):
-        return path
-    path = CONFIG_DIR / f"{preset}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"no preset '{preset}' in {CONFIG_DIR}; known presets: {', '.join(known)}")
-    return path
+        if not path.is_file():
+            raise ConfigError(f"preset file {path} does not exist")
+        text, label = path.read_text(), str(path)
+    else:
+        if preset not in preset_names():
+            raise ConfigError(f"no preset '{preset}'; known presets: {', '.join(preset_names())} (or a .yaml path)")
+        text, label = resources.files("comalite.presets").joinpath(f"{preset}.yaml").read_text(), f"{preset}.yaml"
+    if preset in seen:
+        raise ConfigError(f"presets based on each other in a circle: {' -> '.join((*seen, preset))}")
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{label} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{label} must be a mapping of sections")
+    base = values.pop("base", None)
+    return (_read_preset(str(base), (*seen, preset)) if base else []) + [(label, values)]
 
 
-SMOKE_OVERRIDES = (
-    # Smoke mode (notebooks' quick switch, tests, CI): the same code on a small ShapesWorld, a tiny VLM
-    # with a short stage 0, short runs; all in folders of their own so they never clobber a full run.
-    "name=tiny-smoke", "model.backbone=tiny-smoke", "data.name=shapesworld-smoke", "data.n_stage1_images=360", "data.n_train_per_subset=120", "data.n_eval_queries=24", "data.n_candidates=8",
-    "stage1.heldout=60", "stage1.train.steps=30", "stage2.train.steps=20", "stage2.train.batch_size=32",
-    "stage2.sub_batch_size=16", "stage2.chunk_size=16",
-)
-
-
-def load_config(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = (), *, smoke: bool = False) -> Config:
-    """Defaults, then the preset's YAML, then (``smoke``) ``SMOKE_OVERRIDES``, then ``section.field=value``
-    overrides, in that order."""
+def load_config(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the preset's YAML (after the presets it is based on), then ``section.field=value``
+    overrides, in that order; validated."""
     cfg = Config()
-    overrides = (*SMOKE_OVERRIDES, *overrides) if smoke else tuple(overrides)
-    path = preset_path(preset)
-    with open(path) as f:
-        _update(cfg, yaml.safe_load(f) or {}, path.name)
+    for label, values in _read_preset(preset):
+        _update(cfg, values, label)
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override '{item}' must look like section.field=value")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' must look like section.field=value")
         nested: dict = {}
         node = nested
         *parents, last = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value) if value.strip() else ""
+        try:
+            node[last] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            node[last] = value
         _update(cfg, nested, "--set")
-    return cfg
+    return cfg.validate()

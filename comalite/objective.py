@@ -3,18 +3,27 @@
 ``lm_loss`` computes the LM head only at supervised positions: on the real model the vocabulary has
 151,936 entries, and full-sequence logits would be the largest activation of the whole step.
 
+``train_lm`` is the next-token training loop of stages 0 and 1.
+
 ``answer_accuracy`` scores teacher-forced exact match: an answer counts as right when the argmax at each of
 its tokens (its closing ``<|im_end|>`` included) is the true token. That is exactly "greedy decoding
 would produce this answer", without running a decoding loop.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .backbone import Backbone
+from .batching import batch_indices
+from .config import Stage1Config, TrainConfig
 from .mask import attention_allowed
-from .sequence import ANSWER, Example, collate, supervised_positions
+from .records import Dialogue
+from .sequence import ANSWER, Example, collate, dialogue_examples, supervised_positions
+from .trainer import Trainer, seed_everything
 
 
 def _forward(backbone: Backbone, batch: dict, compression_mask: bool) -> torch.Tensor:
@@ -37,7 +46,7 @@ def lm_loss(backbone: Backbone, batch: dict, *, compression_mask: bool = True,
 def answer_accuracy(backbone: Backbone, examples: list[Example], *, compression_mask: bool = True,
                     batch_size: int = 32) -> dict:
     """Fraction of answers reproduced exactly under teacher forcing (= greedy decoding), and the loss."""
-    was_training = backbone.model.training
+    was_training = backbone.training
     backbone.eval()
     pad_id = backbone.processor.tokenizer.pad_token_id
     right = total = 0
@@ -64,6 +73,15 @@ def answer_accuracy(backbone: Backbone, examples: list[Example], *, compression_
     return {"accuracy": right / max(1, total), "answers": total, "loss": sum(losses) / max(1, n_tokens)}
 
 
+def without_last_answer(example: Example) -> tuple[Example, list[int]]:
+    """``(example cut before its last answer, that answer's token ids)``: a prompt for ``generate_answer``."""
+    end = len(example.roles)
+    while end and example.roles[end - 1] == ANSWER:
+        end -= 1
+    prompt = Example(example.input_ids[:end], example.roles[:end], example.pixel_values, example.image_grid_thw)
+    return prompt, example.input_ids[end:]
+
+
 @torch.no_grad()
 def generate_answer(backbone: Backbone, example: Example, *, compression_mask: bool = True,
                     max_new_tokens: int = 12) -> str:
@@ -85,3 +103,35 @@ def generate_answer(backbone: Backbone, example: Example, *, compression_mask: b
             break
         new.append(token)
     return processor.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def train_lm(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig, out_dir: Path, *,
+             compression_mask: bool, supervise: str, with_compression: bool, stage1_cfg: Stage1Config,
+             desc: str = "stage 1", fingerprint: str = "", stop_at: int | None = None) -> list[dict]:
+    """Next-token training on dialogues (stage 0 and stage 1 both call this); returns the loss history.
+
+    Each optimizer step takes ``train.batch_size`` dialogues (``batching.batch_indices``), in
+    ``train.grad_accum`` micro-batches whose losses are averaged. ``fingerprint`` identifies the run in
+    its checkpoints (``comalite.trainer.Trainer``).
+    """
+    seed_everything(train.seed)
+    pad_id = backbone.processor.tokenizer.pad_token_id
+    micro = max(1, train.grad_accum)
+    if train.batch_size % micro:
+        raise ValueError(f"batch_size {train.batch_size} is not divisible by grad_accum {micro}")
+
+    def step_fn(step: int) -> float:
+        backbone.train()
+        idx = batch_indices(step, train.batch_size, len(dialogues), train.seed)
+        total = 0.0
+        for chunk in np.array_split(np.array(idx), micro):
+            examples = dialogue_examples(backbone.processor, [dialogues[i] for i in chunk], stage1_cfg,
+                                         with_compression=with_compression)
+            loss = lm_loss(backbone, collate(examples, pad_id), compression_mask=compression_mask,
+                           supervise=supervise) / micro
+            loss.backward()
+            total += loss.item()
+        return total
+
+    trainer = Trainer(backbone.trainable_parameters(), train, out_dir, step_fn, desc=desc, fingerprint=fingerprint)
+    return trainer.run(stop_at=stop_at)

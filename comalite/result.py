@@ -1,8 +1,9 @@
 """Result folders: what a stage leaves behind and how the next stage (or the evaluator) loads it.
 
-A result folder holds ``result.json`` (backbone config, the adapter stack in order, the stage's config
-and metrics), ``adapters/<name>/`` for each LoRA adapter of the stack, and ``compression.safetensors``.
-Stage 2's folder copies stage 1's adapter in, so every result folder loads on its own.
+A result folder holds ``result.json`` (backbone config, the adapter stack in order, the stage's settings,
+metrics and run record, written last: its presence marks a finished stage), ``adapters/<name>/`` for each
+LoRA adapter of the stack, and ``compression.safetensors``. Stage 2's folder holds a copy of the stage-1
+adapter it was trained on, so every result folder loads on its own.
 """
 from __future__ import annotations
 
@@ -11,18 +12,23 @@ import json
 import shutil
 from pathlib import Path
 
-from .backbone import Backbone, load_backbone
-from .config import ModelConfig
 from .atomic import atomic_write_json
+from .backbone import Backbone, load_backbone
+from .compression import FILENAME as COMPRESSION_FILE
+from .config import ModelConfig
+from .errors import ComaliteError
+from .fingerprint import files_fingerprint
 
 RESULT_FILE = "result.json"
 
 
 def write_result(folder: str | Path, backbone: Backbone, *, stage: str, settings: dict, metrics: dict,
-                 inherited: str | Path | None = None) -> Path:
+                 run: dict, inherited: str | Path | None = None) -> Path:
     """Save the trainable adapter and compression rows of ``backbone`` plus ``result.json`` into ``folder``.
 
-    ``inherited`` is the result folder whose (frozen) adapters sit under this one; they are copied in.
+    ``inherited`` is the result folder whose (frozen) adapters sit under this one; they are copied in, always
+    replacing an older copy (the stage below may have been retrained). ``run`` is the run record
+    (``comalite.runs``).
     """
     folder = Path(folder)
     backbone.save(folder)
@@ -30,22 +36,29 @@ def write_result(folder: str | Path, backbone: Backbone, *, stage: str, settings
     if inherited:
         for name, rel in read_result(inherited)["adapters"]:
             target = folder / "adapters" / name
-            if not target.exists():
-                shutil.copytree(Path(inherited) / rel, target)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(Path(inherited) / rel, target)
             stack.append([name, f"adapters/{name}"])
     if backbone.trainable_adapter:
         stack.append([backbone.trainable_adapter, f"adapters/{backbone.trainable_adapter}"])
     atomic_write_json({"stage": stage, "model": dataclasses.asdict(backbone.config), "adapters": stack,
-                       "settings": settings, "metrics": metrics}, folder / RESULT_FILE)
+                       "settings": settings, "metrics": metrics, "run": run}, folder / RESULT_FILE)
     return folder
 
 
 def read_result(folder: str | Path) -> dict:
     path = Path(folder) / RESULT_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {folder} is not a finished comalite result folder "
-                                "(did the stage finish? its checkpoint.pt resumes it)")
+        raise ComaliteError(f"{path} not found: {folder} is not a finished comalite result folder "
+                            "(did the stage finish? rerunning it resumes from its checkpoint)")
     return json.loads(path.read_text())
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """A hash of a result folder's weights: every adapter of its stack and its compression rows."""
+    folder = Path(folder)
+    files = [folder / COMPRESSION_FILE] + sorted((folder / "adapters").rglob("*.safetensors"))
+    return files_fingerprint(files)
 
 
 def model_config_of(folder: str | Path, **overrides) -> ModelConfig:

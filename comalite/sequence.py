@@ -6,7 +6,8 @@ Stage 1 (compression pre-training), one dialogue per sequence::
     <|cmp_0|> ... <|cmp_K-1|>                                                role COMPRESS
     <|im_end|>\\n<|im_start|>user\\n Q1 <|im_end|>\\n<|im_start|>assistant\\n    role QUESTION
     A1 <|im_end|>                                                           role ANSWER
-    \\n<|im_start|>user\\n Q2 ...                                             QUESTION, ANSWER, ...
+    \\n<|im_start|>user\\n Q2 <|im_end|>\\n<|im_start|>assistant\\n              role QUESTION
+    A2 <|im_end|> ...                                                       ANSWER, ...
 
 Stage 2 (embedding), queries and candidates alike, no chat template::
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .data.io import load_image
 from .processor import VLProcessor
 from .records import IMAGE_PLACEHOLDER, Dialogue, EmbedInput
 
@@ -43,15 +45,9 @@ class Example:
         self.roles += [role] * len(ids)
 
 
-def _load_image(path: str):
-    from .mmeb_data import load_image  # lazy: keeps this module free of the data readers
-
-    return load_image(path)
-
-
 def add_image(ex: Example, processor: VLProcessor, path: str) -> None:
     """Append the vision span of the image at ``path`` (role context) and keep its patches."""
-    pixel_values, grid = processor.encode_image(_load_image(path))
+    pixel_values, grid = processor.encode_image(load_image(path))
     ex.pixel_values, ex.image_grid_thw = pixel_values, grid
     ex.add(processor.image_span(grid), CONTEXT)
 
@@ -96,12 +92,22 @@ def dialogue_example(processor: VLProcessor, dialogue: Dialogue, *, prompt: str,
     turns = dialogue.turns if multi_turn else dialogue.turns[:1]
     if not turns:
         raise ValueError("a stage-1 dialogue needs at least one question/answer turn")
-    for turn in turns:
-        ex.add(processor.encode_text(f"<|im_end|>\n<|im_start|>user\n{turn.question}<|im_end|>\n"
+    for k, turn in enumerate(turns):
+        # The first turn closes the image's user message; later ones follow an answer's own <|im_end|>.
+        opening = "<|im_end|>\n" if k == 0 else "\n"
+        ex.add(processor.encode_text(f"{opening}<|im_start|>user\n{turn.question}<|im_end|>\n"
                                      "<|im_start|>assistant\n"), QUESTION)
         # The answer includes its closing <|im_end|>: predicting it is how the model learns to stop.
         ex.add(processor.encode_text(turn.answer) + [processor.im_end_id], ANSWER)
     return ex
+
+
+def dialogue_examples(processor, dialogues: list[Dialogue], s1, *,
+                      with_compression: bool = True) -> list[Example]:
+    """``dialogue_example`` for each dialogue, with the prompts and turn setting of ``s1`` (a
+    ``Stage1Config``)."""
+    return [dialogue_example(processor, d, prompt=s1.prompt, text_prompt=s1.text_prompt,
+                             multi_turn=s1.multi_turn, with_compression=with_compression) for d in dialogues]
 
 
 def collate(examples: list[Example], pad_id: int, *, pad_side: str = "right") -> dict[str, torch.Tensor]:

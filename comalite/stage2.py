@@ -18,10 +18,14 @@ import torch
 from .backbone import Backbone, load_backbone
 from .batching import SubBatchSampler
 from .config import Config
+from .data.sources import train_pairs
 from .embedding import encode
+from .errors import ConfigError
 from .gradcache import gradcache_step
 from .loss import InfoNCELoss
 from .records import TrainPair
+from .result import load_result, write_result
+from .runs import open_run, stage_record
 from .trainer import Trainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -80,14 +84,10 @@ def load_stage2_backbone(cfg: Config) -> Backbone:
     """CoMa: stage 1's result with a fresh ``stage2`` LoRA on top; or the plain backbone (baseline)."""
     s2 = cfg.stage2
     if s2.init == "stage1":
-        from .result import load_result
-
         return load_result(cfg.run_dir() / "stage1", train_adapter="stage2", model_cfg=cfg.model,
-                           train_compression=s2.train_compress_rows)
-    if s2.init == "backbone":
-        return load_backbone(cfg.model, train_adapter="stage2", train_compression=s2.train_compress_rows,
-                             seed=s2.train.seed)
-    raise ValueError(f"stage2.init must be 'stage1' or 'backbone', not {s2.init!r}")
+                           train_compression=s2.train_compress_rows, seed=s2.train.seed)
+    return load_backbone(cfg.model, train_adapter="stage2", train_compression=s2.train_compress_rows,
+                         seed=s2.train.seed)
 
 
 def stage2_dir(cfg: Config) -> Path:
@@ -98,44 +98,51 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def run_stage2(cfg: Config, *, stop_at: int | None = None) -> Path:
-    """Train stage 2 into ``<run_dir>/stage2`` (or ``contrastive_only``); resumes from its checkpoint."""
-    from .datasets import train_pairs
-    from .result import write_result
+def run_stage2(cfg: Config, *, overwrite: bool = False, stop_at: int | None = None) -> Path:
+    """Train stage 2 into ``<run_dir>/stage2`` (or ``contrastive_only``) and return it.
 
+    CoMa needs a finished stage 1 in the same run folder (``comalite.pipeline.ensure_stage`` runs it first).
+    Resumes, reuses or refuses exactly like ``run_stage1``.
+    """
     s2, train_cfg = cfg.stage2, cfg.stage2.train
     out = stage2_dir(cfg)
     train, heldout = split_heldout(train_pairs(cfg))
-    backbone = load_stage2_backbone(cfg)
-    seed_everything(train_cfg.seed)
-    before = inbatch_accuracy(backbone, heldout, pooling=s2.pooling)
-    sampler = SubBatchSampler([p.subset for p in train], train_cfg.batch_size, s2.sub_batch_size or None,
-                              seed=train_cfg.seed)
-    if len(sampler) == 0:
-        raise ValueError(f"{len(train)} training pairs cannot fill one batch of {train_cfg.batch_size}")
-    loss_fn = InfoNCELoss(temperature=s2.temperature, symmetric=s2.symmetric)
+    record = stage_record(cfg, "stage2")
+    with open_run(out, record, overwrite=overwrite) as todo:
+        if not todo:
+            return out
+        backbone = load_stage2_backbone(cfg)
+        seed_everything(train_cfg.seed)
+        before = inbatch_accuracy(backbone, heldout, pooling=s2.pooling)
+        sampler = SubBatchSampler([p.subset for p in train], train_cfg.batch_size, s2.sub_batch_size or None,
+                                  seed=train_cfg.seed)
+        if len(sampler) == 0:
+            raise ConfigError(f"{len(train)} training pairs cannot fill one batch of stage2.train.batch_size="
+                              f"{train_cfg.batch_size}: lower it or add data")
+        loss_fn = InfoNCELoss(temperature=s2.temperature, symmetric=s2.symmetric)
 
-    def step_fn(step: int) -> float:
-        backbone.train()
-        sampler.seek(step)
-        batch = [train[i] for i in next(iter(sampler))]
-        queries = _chunks([p.query for p in batch], s2.chunk_size)
-        targets = _chunks([p.positive for p in batch], s2.chunk_size)
-        negatives = [p.negative for p in batch if p.negative is not None] if s2.hard_negatives else []
-        loss = gradcache_step(lambda chunk: encode(backbone, chunk, s2.pooling), queries, targets, loss_fn,
-                              extra_chunks=_chunks(negatives, s2.chunk_size) if negatives else None)
-        return float(loss)
+        def step_fn(step: int) -> float:
+            backbone.train()
+            sampler.seek(step)
+            batch = [train[i] for i in next(iter(sampler))]
+            queries = _chunks([p.query for p in batch], s2.chunk_size)
+            targets = _chunks([p.positive for p in batch], s2.chunk_size)
+            negatives = [p.negative for p in batch if p.negative is not None] if s2.hard_negatives else []
+            loss = gradcache_step(lambda chunk: encode(backbone, chunk, s2.pooling), queries, targets, loss_fn,
+                                  extra_chunks=_chunks(negatives, s2.chunk_size) if negatives else None)
+            return float(loss)
 
-    history = Trainer(backbone.trainable_parameters(), train_cfg, out, step_fn,
-                      desc="stage 2" if s2.init == "stage1" else "contrastive only").run(stop_at=stop_at)
-    if stop_at is not None and stop_at < train_cfg.steps:
-        return out
-    after = inbatch_accuracy(backbone, heldout, pooling=s2.pooling)
-    metrics = {"heldout_accuracy_before": before["accuracy"], "heldout_accuracy_after": after["accuracy"],
-               "heldout_pairs": after["pairs"], "chance": after["chance"], "first_loss": history[0]["loss"],
-               "last_loss": history[-1]["loss"], "steps": len(history), "train_pairs": len(train),
-               "summary": backbone.summary()}
-    log.info("stage 2 done: %s", metrics)
-    inherited = cfg.run_dir() / "stage1" if s2.init == "stage1" else None
-    return write_result(out, backbone, stage="stage2", settings=dataclasses.asdict(s2), metrics=metrics,
-                        inherited=inherited)
+        desc = "stage 2" if s2.init == "stage1" else "contrastive only"
+        history = Trainer(backbone.trainable_parameters(), train_cfg, out, step_fn, desc=desc,
+                          fingerprint=record["fingerprint"]).run(stop_at=stop_at)
+        if stop_at is not None and stop_at < train_cfg.steps:
+            return out
+        after = inbatch_accuracy(backbone, heldout, pooling=s2.pooling)
+        metrics = {"heldout_accuracy_before": before["accuracy"], "heldout_accuracy_after": after["accuracy"],
+                   "heldout_pairs": after["pairs"], "chance": after["chance"], "first_loss": history[0]["loss"],
+                   "last_loss": history[-1]["loss"], "steps": len(history), "train_pairs": len(train),
+                   "summary": backbone.summary()}
+        log.info("stage 2 done: %s", metrics)
+        inherited = cfg.run_dir() / "stage1" if s2.init == "stage1" else None
+        return write_result(out, backbone, stage="stage2", settings=dataclasses.asdict(s2), metrics=metrics,
+                            run=record, inherited=inherited)

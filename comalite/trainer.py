@@ -5,9 +5,17 @@ and backward passes of optimizer step ``step`` (accumulation or GradCache happen
 step's data depends only on the step number and the RNG state is checkpointed, a resumed run computes
 exactly what an uninterrupted run would have.
 
-Checkpoints (``checkpoint.pt``: trainable weights, optimizer, scheduler, RNG states, step, loss history)
-are written to a temporary file and moved into place, so a crash mid-write never destroys the last good
-one. A non-finite loss or gradient stops the run before the optimizer step, keeping that checkpoint.
+Checkpoints (``checkpoint.pt``: trainable weights, optimizer, scheduler, RNG states, step, loss history,
+and the run's fingerprint) are written to a temporary file and moved into place, so a crash mid-write never
+destroys the last good one. A checkpoint is only written once the weights in it have produced a healthy
+loss: the periodic save after step ``s`` happens during step ``s + 1``, after its loss is checked and
+before its update. So when a loss is NaN/inf, or jumps above ``divergence_factor`` times its recent mean
+(a divergence that a finite check would miss), the run stops and the checkpoint on disk predates the
+update that caused it.
+
+Under ``torch.distributed`` (``torchrun``) every rank runs the same loop on its share of the batch; the
+gradients of the trainable parameters are averaged across ranks once per optimizer step (one flat
+all-reduce: adapters are small), so every rank applies the same update; rank 0 alone writes files.
 """
 from __future__ import annotations
 
@@ -19,17 +27,16 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+import torch.distributed as dist
 
 from .atomic import atomic_write, atomic_write_json
 from .config import TrainConfig
+from .errors import NonFiniteLossError, RunConflictError
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss (or gradient norm) became NaN/inf; the last good checkpoint was kept."""
+RECENT = 20  # losses the divergence guard averages over
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: float):
@@ -45,14 +52,15 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
+    """Every random generator a step draws from (torch CPU and CUDA, NumPy, Python)."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -66,14 +74,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def distributed() -> bool:
+    """Whether this process is one of several ``torch.distributed`` ranks."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_writer() -> bool:
+    """Rank 0 (or the only process): the one that writes checkpoints and results."""
+    return not distributed() or dist.get_rank() == 0
+
+
 class Trainer:
-    """Runs ``cfg.steps`` optimizer steps of ``step_fn`` over ``params``, checkpointing into ``out_dir``."""
+    """Runs ``cfg.steps`` optimizer steps of ``step_fn`` over ``params``, checkpointing into ``out_dir``.
+
+    ``fingerprint`` identifies what the run is made from (settings and inputs); a checkpoint written
+    under another fingerprint is refused rather than resumed. ``progress`` shows a bar (unless
+    ``TQDM_DISABLE`` is set).
+    """
 
     def __init__(self, params: dict[str, torch.nn.Parameter], cfg: TrainConfig, out_dir: str | Path,
-                 step_fn: Callable[[int], float], *, desc: str = "train"):
+                 step_fn: Callable[[int], float], *, desc: str = "train", fingerprint: str = "",
+                 progress: bool = True):
         if not params:
             raise ValueError("nothing to train: no parameter requires a gradient")
         self.params, self.cfg, self.step_fn, self.desc = params, cfg, step_fn, desc
+        self.fingerprint, self.progress = fingerprint, progress
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         decay = [p for p in params.values() if p.ndim >= 2]
@@ -82,53 +107,93 @@ class Trainer:
                                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
         self.scheduler = cosine_schedule(self.optimizer, cfg.steps, cfg.warmup_ratio)
         self.step = 0
+        self.saved_step: int | None = None  # the step of the checkpoint on disk, if any
         self.history: list[dict] = []
 
     @property
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT
 
-    def save_checkpoint(self) -> None:
-        state = {"step": self.step, "history": self.history, "rng": _rng_state(),
-                 "params": {n: p.detach().cpu() for n, p in self.params.items()},
-                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+    def save_checkpoint(self, rng: dict | None = None) -> None:
+        """Write the state after ``self.step`` updates; ``rng`` is the RNG state the next step starts from."""
+        if is_writer():
+            state = {"step": self.step, "history": self.history, "rng": rng or rng_state(),
+                     "fingerprint": self.fingerprint,
+                     "params": {n: p.detach().cpu() for n, p in self.params.items()},
+                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+            atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        self.saved_step = self.step
+        if distributed():
+            dist.barrier()
 
     def load_checkpoint(self) -> bool:
         """Resume from ``checkpoint.pt`` if present; returns whether it did."""
         if not self.checkpoint_path.exists():
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        missing = set(self.params) ^ set(state["params"])
-        if missing:
-            raise ValueError(f"{self.checkpoint_path} does not match this model (differs in "
-                             f"{sorted(missing)[:3]}...): delete it or use another out_dir")
+        if state.get("fingerprint", "") != self.fingerprint:
+            raise RunConflictError(f"{self.checkpoint_path} was written by a run with other settings or inputs "
+                                   "(fingerprint differs): use another out_dir, or --overwrite to start again")
+        if set(self.params) != set(state["params"]):
+            raise RunConflictError(f"{self.checkpoint_path} holds other parameters than this model: use another "
+                                   "out_dir, or --overwrite to start again")
         with torch.no_grad():
             for name, param in self.params.items():
                 param.copy_(state["params"][name])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.step, self.history = state["step"], state["history"]
+        self.saved_step = self.step
         log.info("resumed %s from %s at step %d", self.desc, self.checkpoint_path, self.step)
         return True
+
+    def _sync_gradients(self) -> None:
+        """Average the trainable parameters' gradients over ranks (no-op in a single process)."""
+        if not distributed():
+            return
+        params = list(self.params.values())
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        offset = 0
+        for p in params:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+
+    def _check(self, step: int, loss: float, grad_norm: float) -> None:
+        """Stop on a NaN/inf loss or gradient, or a loss far above its recent mean; the checkpoint stays."""
+        recent = [h["loss"] for h in self.history[-RECENT:]]
+        # Both a ratio and at least one nat: near-zero losses may double without anything going wrong.
+        diverged = (self.cfg.divergence_factor > 0 and bool(recent) and math.isfinite(loss)
+                    and loss > self.cfg.divergence_factor * np.mean(recent) and loss > np.mean(recent) + 1.0)
+        if math.isfinite(loss) and math.isfinite(grad_norm) and not diverged:
+            return
+        kept = (f"the last good checkpoint ({self.checkpoint_path}, step {self.saved_step}) is kept"
+                if self.saved_step is not None else "no checkpoint had been written yet")
+        what = (f"loss {loss:.4g} jumped above {self.cfg.divergence_factor:g}x its recent mean {np.mean(recent):.4g}"
+                if diverged else f"loss {loss} / gradient norm {grad_norm}")
+        raise NonFiniteLossError(
+            f"{self.desc}: {what} at step {step}; {kept}. Lower the learning rate (--set ...train.lr=...) and start "
+            "again with --overwrite (or into another out_dir); also check the data, or use fp32/bf16 instead of fp16.")
 
     def run(self, *, stop_at: int | None = None) -> list[dict]:
         """Train to ``cfg.steps`` (or ``stop_at``, to simulate an interruption); returns the loss history."""
         self.load_checkpoint()
         end = min(self.cfg.steps, stop_at) if stop_at is not None else self.cfg.steps
-        bar = tqdm(range(self.step, end), initial=self.step, total=self.cfg.steps, desc=self.desc,
-                   disable=self.step >= end)
+        steps = range(self.step, end)
+        bar = progress_bar(steps, enabled=self.progress and bool(steps), initial=self.step, total=self.cfg.steps,
+                           desc=self.desc)
+        save_pending = False
         for step in bar:
+            rng = rng_state()  # what this step starts from: a checkpoint taken below resumes exactly here
             self.optimizer.zero_grad(set_to_none=True)
             loss = float(self.step_fn(step))
+            self._sync_gradients()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.max_grad_norm))
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                kept = f"the last good checkpoint ({self.checkpoint_path}, step {self.step}) is kept" \
-                    if self.checkpoint_path.exists() else "no checkpoint had been written yet"
-                raise NonFiniteLossError(
-                    f"{self.desc}: loss {loss} / gradient norm {grad_norm} at step {step}; {kept}. "
-                    "Lower the learning rate, check the data, or use fp32/bf16 instead of fp16.")
+            self._check(step, loss, grad_norm)
+            if save_pending:  # the weights of the last save point just gave a healthy loss: keep them
+                self.save_checkpoint(rng)
             self.optimizer.step()
             self.scheduler.step()
             self.step = step + 1
@@ -137,9 +202,9 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}")
             if self.step % max(1, self.cfg.log_every) == 0:
                 log.info("%s step %d loss %.4f", self.desc, self.step, loss)
-            if self.cfg.save_every and self.step % self.cfg.save_every == 0:
-                self.save_checkpoint()
-        if self.step == self.cfg.steps or stop_at is not None:
+            save_pending = bool(self.cfg.save_every) and self.step % self.cfg.save_every == 0
+        if steps and (self.step == self.cfg.steps or stop_at is not None):
             self.save_checkpoint()
-        atomic_write_json(self.history, self.out_dir / "history.json")
+        if is_writer():
+            atomic_write_json(self.history, self.out_dir / "history.json")
         return self.history

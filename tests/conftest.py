@@ -1,7 +1,9 @@
 """Shared fixtures: an offline, seeded miniature of the whole pipeline, built once per test session.
 
-Everything lives under a temporary ``COMALITE_HOME``: a small ShapesWorld and a tiny VLM whose stage 0 is
-short (it only has to be a working Qwen2-VL checkpoint; the full build is the demo's job).
+Everything lives under temporary folders (``COMALITE_HOME`` for runs, ``COMALITE_DATA`` for data): the
+``tiny-smoke`` preset's small ShapesWorld and its briefly trained tiny VLM (it only has to be a working
+Qwen2-VL checkpoint; the shipped one is the demo's). One torch thread per process
+(``COMALITE_CPU_THREADS=1``): notebook kernels and a demo may run beside the tests on two cores.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ _HOME = Path(tempfile.mkdtemp(prefix="comalite-tests-"))
 if not os.environ.get("COMALITE_KEEP_TEST_HOME"):  # set it to inspect a session's runs afterwards
     atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["COMALITE_HOME"] = str(_HOME / "home")
+os.environ["COMALITE_DATA"] = str(_HOME / "data")
+os.environ["COMALITE_CPU_THREADS"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", str(_HOME / "hf"))
@@ -24,34 +28,24 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("MPLCONFIGDIR", str(_HOME / "mpl"))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+
 def make_config(*overrides: str, out: Path | None = None):
-    """The tiny preset in smoke mode (the session's small data); ``out`` is the run folder."""
+    """The ``tiny-smoke`` preset (the session's small data); ``out`` is the run folder."""
     from comalite.config import load_config
 
     sets = ([f"out_dir={out}"] if out is not None else []) + list(overrides)  # a test's own out_dir wins
-    return load_config("tiny", sets, smoke=True)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def one_thread():
-    """The tiny model's matmuls are too small to share, and on a busy 2-core machine two threads spin
-    against other processes (a GradCache step measured 10-20x slower): the tiny preset's cpu_threads=1."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return load_config("tiny-smoke", sets)
 
 
 @pytest.fixture(scope="session")
 def tiny_home() -> Path:
-    """Builds (once) the smoke-mode ShapesWorld and tiny VLM that the preset name ``tiny-smoke`` resolves to."""
-    from comalite.config import home_dir
-    from comalite.tiny import ensure_tiny_vlm
+    """Builds (once) the smoke-mode ShapesWorld and tiny VLM that the name ``tiny-smoke`` resolves to."""
+    from comalite.pipeline import ensure_backbone
 
-    ensure_tiny_vlm(smoke=True)
-    return home_dir()
+    ensure_backbone(make_config())
+    return Path(os.environ["COMALITE_DATA"])
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +55,7 @@ def tiny_checkpoint(tiny_home) -> Path:
 
 @pytest.fixture(scope="session")
 def data_root(tiny_home) -> Path:
-    from comalite.datasets import ensure_data
+    from comalite.data.sources import ensure_data
 
     return ensure_data(make_config())
 

@@ -7,6 +7,7 @@ import torch
 
 from comalite.backbone import load_backbone
 from comalite.config import ModelConfig
+from comalite.errors import CheckpointError
 from comalite.objective import lm_loss
 from comalite.records import Dialogue, Turn
 from comalite.sequence import collate, dialogue_example
@@ -31,7 +32,7 @@ def test_nf4_quantises_the_language_model_only(tiny_checkpoint):
     assert len(quantised) == layers * 7  # q, k, v, o, gate, up, down in every decoder layer
     assert not any("visual" in n for n in quantised)
     assert backbone.summary()["linear4bit_modules"] == layers * 7
-    visual = backbone.core.visual
+    visual = backbone.visual
     assert all(not p.requires_grad for p in visual.parameters())
     assert all(p.dtype.is_floating_point for p in visual.parameters())
 
@@ -82,10 +83,10 @@ def test_adapters_and_rows_save_and_reload_to_identical_outputs(tiny_checkpoint,
 
 
 def test_missing_hub_checkpoint_offline_names_it_and_the_fix():
-    with pytest.raises(OSError, match=r"(?s)no-such-org/no-such-model.*--set model.backbone=/some/folder"):
+    with pytest.raises(CheckpointError, match=r"(?s)no-such-org/no-such-model.*--set model.backbone=/some/folder"):
         load_backbone(ModelConfig(backbone="no-such-org/no-such-model"))
 
 
 def test_missing_local_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         load_backbone(ModelConfig(backbone=str(tmp_path / "nowhere")))

@@ -27,7 +27,7 @@ def bench():
 
 def _data_args(data_root: Path) -> list[str]:
     """Smoke mode on the session's ShapesWorld (same parameters: it is reused, not rebuilt)."""
-    return ["--smoke", "--set", f"data.root={data_root}"]
+    return ["--preset", "tiny-smoke", "--set", f"data.root={data_root}"]
 
 
 def _read(path: Path) -> dict:

@@ -6,7 +6,7 @@ import json
 from PIL import Image
 
 from comalite.cli import main
-from comalite.mmeb_data import write_eval_dataset
+from comalite.data.io import write_eval_dataset
 
 
 def _mmeb_eval_fixture(root):

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from comalite.evaluate import Embedder, at_chance, evaluate, evaluate_dataset, format_table
+from comalite.eval import Embedder, at_chance, evaluate, evaluate_dataset, format_table
 from comalite.records import DatasetInfo, EmbedInput, EvalDataset, EvalQuery
 
 
@@ -15,6 +15,7 @@ class TableEmbedder:
     def __init__(self, vectors: dict[str, list[float]], name: str = "table", fail_on_call: int | None = None):
         self.name = name
         self.vectors = {k: np.asarray(v, dtype=np.float32) / np.linalg.norm(v) for k, v in vectors.items()}
+        self.fingerprint = json.dumps({k: v.tolist() for k, v in sorted(self.vectors.items())})  # its "weights"
         self.fail_on_call = fail_on_call
         self.calls = 0
         self.encoded: list[str] = []
@@ -30,7 +31,7 @@ class TableEmbedder:
 class ConstantEmbedder:
     """The collapsed model: every input gets the same vector."""
 
-    name = "constant"
+    name = fingerprint = "constant"
 
     def embed(self, inputs):
         return np.tile(np.float32([0.6, 0.8]), (len(inputs), 1))
@@ -151,16 +152,37 @@ def test_an_interrupted_run_resumes_with_the_rest(tmp_path):
     assert result["ranks"] == evaluate_dataset(fresh, data, progress=False)["ranks"]
 
 
-def test_cache_is_keyed_by_model_and_inputs(tmp_path):
+def test_cache_is_keyed_by_model_fingerprint_and_inputs_never_by_name(tmp_path):
     embedder, data = classification_case()
-    evaluate_dataset(embedder, data, cache_dir=tmp_path, progress=False)
-    other_model, _ = classification_case(name="other")
-    evaluate_dataset(other_model, data, cache_dir=tmp_path, progress=False)
-    assert len(other_model.encoded) == 6
+    first = evaluate_dataset(embedder, data, cache_dir=tmp_path, progress=False)
+    renamed, _ = classification_case(name="other")  # same weights under another name: nothing to encode
+    evaluate_dataset(renamed, data, cache_dir=tmp_path, progress=False)
+    assert renamed.encoded == []
+    retrained, _ = classification_case()  # same name, other weights: everything encoded again, new ranks
+    retrained.vectors["img1"] = retrained.vectors["dog"]
+    retrained.fingerprint += "-retrained"
+    again = evaluate_dataset(retrained, data, cache_dir=tmp_path, progress=False)
+    assert len(retrained.encoded) == 6 and again["ranks"] != first["ranks"]
+    assert again["ranks"] == evaluate_dataset(retrained, data, progress=False)["ranks"]  # = an empty cache
     changed = dataset("Cls", [("img2", ["dog", "cat"])])  # same name, other inputs
     same_model, _ = classification_case()
     evaluate_dataset(same_model, changed, cache_dir=tmp_path, progress=False)
     assert same_model.encoded == ["img2", "dog", "cat"]
+
+
+def test_a_regenerated_image_at_the_same_path_is_encoded_again(tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8), "red").save(image)
+    data = EvalDataset("Img", [EvalQuery(EmbedInput("q"), (EmbedInput("", str(image)), EmbedInput("b")))])
+    embedder = TableEmbedder({"q": [1, 0], "": [1, 0], "b": [0, 1]})
+    evaluate_dataset(embedder, data, cache_dir=tmp_path / "cache", progress=False)
+    evaluate_dataset(embedder, data, cache_dir=tmp_path / "cache", progress=False)
+    assert embedder.encoded == ["q", "", "b"]  # the second run came from the cache
+    Image.new("RGB", (9, 9), "blue").save(image)  # new content (and size) at the same path
+    evaluate_dataset(embedder, data, cache_dir=tmp_path / "cache", progress=False)
+    assert embedder.encoded == ["q", "", "b"] * 2
 
 
 def test_bad_embeddings_are_rejected():

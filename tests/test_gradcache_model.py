@@ -12,7 +12,7 @@ import torch
 
 from comalite.backbone import load_backbone
 from comalite.config import ModelConfig
-from comalite.datasets import train_pairs
+from comalite.data.sources import train_pairs
 from comalite.embedding import encode
 from comalite.gradcache import full_batch_step, gradcache_step
 from comalite.loss import InfoNCELoss

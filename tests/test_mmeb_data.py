@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from comalite.mmeb_data import (
+from comalite.data.io import (
     DataFormatError,
     load_image,
     read_dialogues,

@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from comalite import mmeb
+from comalite.eval import registry as mmeb
 from comalite.records import IMAGE_PLACEHOLDER, DatasetInfo
 
 # The MMEB-V1 table (recipe notes, section 5): meta-task -> (IND names, OOD names).
@@ -99,7 +99,7 @@ def test_shapesworld_is_registered_on_first_lookup(fake_shapesworld):
 
 
 def test_importing_the_registry_does_not_import_shapesworld():
-    code = "import sys, comalite.mmeb; print('comalite.shapesworld' in sys.modules)"
+    code = "import sys, comalite.eval.registry; print('comalite.shapesworld' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

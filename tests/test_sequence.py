@@ -71,6 +71,19 @@ def test_stage1_layout_roles_and_supervision(processor, image):
         supervised_positions(roles, "questions")
 
 
+def test_consecutive_turns_follow_the_chat_template_exactly(processor, image):
+    # One <|im_end|> closes each message: the image's user message before the first question, each answer
+    # before the next question. Checked on the exact ids, against the Qwen chat format written out.
+    dialogue = Dialogue(turns=(Turn("Q1?", "A1"), Turn("Q2?", "A2")), image=image)
+    ex = dialogue_example(processor, dialogue, prompt="P.", text_prompt="")
+    after = ex.input_ids[ex.roles.index(COMPRESS) + 4:]
+    expected = processor.encode_text("<|im_end|>\n<|im_start|>user\nQ1?<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>"
+                                     "\n<|im_start|>user\nQ2?<|im_end|>\n<|im_start|>assistant\nA2<|im_end|>")
+    assert after == expected
+    im_end = processor.im_end_id
+    assert not any(a == b == im_end for a, b in zip(after, after[1:]))  # never two in a row
+
+
 def test_text_only_dialogue_and_collate_padding(processor, image):
     text = dialogue_example(processor, Dialogue(turns=(Turn("Colour?", "red"),), text="a red square"),
                             prompt="", text_prompt="Summarize above sentence.")

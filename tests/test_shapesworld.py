@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from comalite.mmeb_data import read_dialogues, read_eval_dataset, read_train_subset
+from comalite.data.io import read_dialogues, read_eval_dataset, read_train_subset
 from comalite.records import IMAGE_PLACEHOLDER, META_TASKS
 from comalite.shapesworld import (
     COLORS,
@@ -17,7 +17,6 @@ from comalite.shapesworld import (
     Background,
     Obj,
     Scene,
-    _questions,
     build_shapesworld,
     describe,
     qa_dialogue,
@@ -26,6 +25,7 @@ from comalite.shapesworld import (
     sample_scene,
     text_corpus,
 )
+from comalite.shapesworld.language import _questions
 
 SMALL = dict(seed=0, n_stage1_images=16, n_train_per_subset=8, n_eval_queries=8, n_candidates=5, image_size=56)
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from comalite.result import load_result, read_result
-from comalite.stage1 import batch_indices, run_stage1
+from comalite.batching import batch_indices
+from comalite.stage1 import run_stage1
 
 SHORT = ["stage1.train.steps=4", "stage1.train.batch_size=4", "stage1.train.save_every=2",
          "stage1.train.warmup_ratio=0"]

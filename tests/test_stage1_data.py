@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from comalite.records import EmbedInput, TrainPair
-from comalite.stage1_data import build_stage1_data, dialogues_from_pairs
+from comalite.data.dialogues import build_stage1_data, dialogues_from_pairs
 
 
 def test_dialogues_from_pairs_groups_image_to_text_pairs_by_image():
@@ -19,7 +19,7 @@ def test_dialogues_from_pairs_groups_image_to_text_pairs_by_image():
 
 
 def test_build_stage1_data_with_the_tiny_vlm_writes_and_resumes(tiny_config, data_root, tmp_path):
-    from comalite.mmeb_data import read_dialogues
+    from comalite.data.io import read_dialogues
 
     images = data_root / "images" / "stage1"
     out = tmp_path / "dialogues.jsonl"

@@ -8,7 +8,7 @@ from PIL import Image
 
 from comalite.processor import VLProcessor
 from comalite.shapesworld import Background, Obj, Scene
-from comalite.tiny_vision import TokenHead, token_labels, token_loss
+from comalite.tiny.vision import TokenHead, token_labels, token_loss
 
 
 def test_token_labels_put_each_object_in_the_token_under_its_centre():

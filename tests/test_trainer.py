@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from comalite.config import TrainConfig
-from comalite.trainer import CHECKPOINT, NonFiniteLossError, Trainer, cosine_schedule
+from comalite.errors import NonFiniteLossError, RunConflictError
+from comalite.trainer import CHECKPOINT, Trainer, cosine_schedule
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
@@ -22,7 +23,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert sched.get_last_lr()[0] == pytest.approx(0.0)
 
 
-def _toy(tmp_path, steps=6, save_every=2, bad_step=None):
+def _toy(tmp_path, steps=6, save_every=2, bad_step=None, bad_loss=float("inf"), fingerprint="toy"):
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.randn(4, 3))
     data = torch.randn(32, 3)
@@ -32,10 +33,10 @@ def _toy(tmp_path, steps=6, save_every=2, bad_step=None):
         # dropout makes the loss depend on the RNG stream, so resume must restore it
         loss = torch.nn.functional.dropout(x @ weight.T, p=0.5).pow(2).mean()
         loss.backward()
-        return float("inf") if step == bad_step else loss.item()
+        return bad_loss if step == bad_step else loss.item()
 
     cfg = TrainConfig(steps=steps, lr=0.05, warmup_ratio=0.0, save_every=save_every, log_every=1)
-    return weight, Trainer({"w": weight}, cfg, tmp_path, step_fn)
+    return weight, Trainer({"w": weight}, cfg, tmp_path, step_fn, fingerprint=fingerprint)
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -49,18 +50,34 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert torch.equal(weight_c, weight_a)
 
 
-def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_guard_stops_and_keeps_the_checkpoint_before_the_bad_weights(tmp_path):
+    # The weights after 3 updates give a NaN loss at step 3: the checkpoint of step 3 was never written
+    # (a save waits for the next loss to be healthy), so the one on disk is step 2's.
     weight, trainer = _toy(tmp_path, steps=6, save_every=1, bad_step=3)
-    with pytest.raises(NonFiniteLossError, match=r"step 3.*last good checkpoint.*step 3"):
+    with pytest.raises(NonFiniteLossError, match=r"step 3.*last good checkpoint.*step 2\)"):
         trainer.run()
     state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
-    assert state["step"] == 3 and len(state["history"]) == 3
+    assert state["step"] == 2 and len(state["history"]) == 2
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_checkpoint_from_another_model_is_refused(tmp_path):
+def test_a_finite_divergence_stops_the_run_too(tmp_path):
+    _, reference = _toy(tmp_path / "ok", steps=3)
+    losses = [h["loss"] for h in reference.run()]
+    jump = 10 * max(losses) + 2  # finite, far above the recent mean
+    _, trainer = _toy(tmp_path / "bad", steps=6, save_every=1, bad_step=3, bad_loss=jump)
+    with pytest.raises(NonFiniteLossError, match=r"jumped above 5x its recent mean.*step 3.*step 2\)"):
+        trainer.run()
+    assert torch.load(tmp_path / "bad" / CHECKPOINT, weights_only=False)["step"] == 2
+
+
+def test_a_checkpoint_of_another_run_or_model_is_refused(tmp_path):
     _, trainer = _toy(tmp_path, steps=2)
     trainer.run()
-    other = Trainer({"v": torch.nn.Parameter(torch.zeros(2))}, TrainConfig(steps=2), tmp_path, lambda s: 0.0)
-    with pytest.raises(ValueError, match="does not match this model"):
+    _, other_settings = _toy(tmp_path, steps=2, fingerprint="other settings")
+    with pytest.raises(RunConflictError, match="fingerprint differs"):
+        other_settings.run()
+    other = Trainer({"v": torch.nn.Parameter(torch.zeros(2))}, TrainConfig(steps=2), tmp_path, lambda s: 0.0,
+                    fingerprint="toy")
+    with pytest.raises(RunConflictError, match="other parameters"):
         other.run()

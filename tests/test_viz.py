@@ -136,6 +136,21 @@ def test_attention_mask_rejects_additive_masks_and_wrong_roles():
         viz.plot_attention_mask(mask[:, :-1])
 
 
+def test_role_segments_gives_runs_of_equal_roles_with_exclusive_stops():
+    roles = ["image", "image", "prompt", "compress", "compress", "image"]
+    expected = [("image", 0, 2), ("prompt", 2, 3), ("compress", 3, 5), ("image", 5, 6)]
+    assert viz.role_segments(roles) == expected
+    assert viz.role_segments(iter(["pad"])) == [("pad", 0, 1)]
+    assert viz.role_segments([]) == []
+    # Role ids work too and come back as given; the runs tile the positions in order.
+    segments = viz.role_segments(np.array([2, 2, 2, 0, 1, 1]))
+    assert segments == [(2, 0, 3), (0, 3, 4), (1, 4, 6)]
+    assert [stop for _, _, stop in segments[:-1]] == [start for _, start, _ in segments[1:]]
+    # The bands of the mask plot are these runs: compress at 11..15 in the fixture (its patch at x = 10.5).
+    _, fixture_roles = coma_mask_and_roles()
+    assert viz.role_segments(fixture_roles)[2] == ("compress", 11, 15)
+
+
 # ------------------------------------------------------------------------------------------- loss curves
 
 

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import TrainConfig
-from .shapesworld import COLORS, SHAPES, SIZES, Scene, object_geometry, render, sample_scene
-from .stage1 import batch_indices
-from .trainer import Trainer, seed_everything
+from ..batching import batch_indices
+from ..config import TrainConfig
+from ..shapesworld import COLORS, SHAPES, SIZES, Scene, object_geometry, render, sample_scene
+from ..trainer import Trainer, seed_everything
 
 ATTRIBUTES = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES}
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from comalite.atomic import atomic_write
+from comalite.errors import DataFormatError
 from comalite.records import (
     IMAGE_PLACEHOLDER,
     Dialogue,
@@ -40,10 +42,6 @@ EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
 _OPTIONAL_TRAIN_COLUMNS = ("neg_text", "neg_image_path")
 
 
-class DataFormatError(ValueError):
-    """A data file that cannot be used as is; the message names the file, row, field and the fix."""
-
-
 def _error(file, row, field: str, problem: str, fix: str) -> DataFormatError:
     where = f"{file}, row {row}" if row is not None else f"{file}"
     return DataFormatError(f"{where}, field '{field}': {problem}. {fix}")
@@ -52,7 +50,7 @@ def _error(file, row, field: str, problem: str, fix: str) -> DataFormatError:
 # ----------------------------------------------------------------------------- reading rows
 
 
-def _data_files(path: Path, split: str) -> list[Path]:
+def data_files(path: Path, split: str) -> list[Path]:
     """The file itself, or the ``<split>*.parquet`` (else ``<split>*.jsonl``) files of a folder, sorted."""
     if path.is_file():
         return [path]
@@ -67,22 +65,31 @@ def _data_files(path: Path, split: str) -> list[Path]:
     raise DataFormatError(f"{path}: no such file or folder. Check the path or download the data first.")
 
 
+def _jsonl_records(file) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a jsonl file; a line that is not UTF-8, not JSON
+    or not an object raises DataFormatError naming the file and line."""
+    with open(file, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFormatError(f"{file}, line {line_no}: not UTF-8 text ({e.reason} at byte {e.start}). "
+                                      "Re-save the file as UTF-8 or fix the line.") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{file}, line {line_no}: not valid JSON ({e}). Fix or remove the line.") from None
+            if not isinstance(record, dict):
+                raise DataFormatError(f"{file}, line {line_no}: expected a JSON object. Fix or remove the line.")
+            yield line_no, record
+
+
 def _read_rows(file: Path) -> list[dict]:
     """All rows of one parquet or jsonl file as dicts."""
     if file.suffix == ".jsonl":
-        rows = []
-        with open(file, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataFormatError(f"{file}, line {line_no}: not valid JSON ({e}). Fix or remove the line.")
-                if not isinstance(row, dict):
-                    raise DataFormatError(f"{file}, line {line_no}: expected a JSON object. Fix or remove the line.")
-                rows.append(row)
-        return rows
+        return [record for _, record in _jsonl_records(file)]
     try:
         return pq.read_table(file).to_pylist()
     except (pa.ArrowException, OSError) as e:
@@ -170,7 +177,7 @@ def read_train_subset(path, image_root, *, subset: str | None = None, limit: int
     image_root = os.path.abspath(image_root)
     known: dict[str, bool] = {}
     pairs: list[TrainPair] = []
-    for file in _data_files(path, split):
+    for file in data_files(path, split):
         for i, row in enumerate(_read_rows(file)):
             if limit is not None and len(pairs) >= limit:
                 return pairs
@@ -222,7 +229,7 @@ def read_eval_dataset(root, name: str, *, image_root=None, split: str = "test", 
     if not folder.is_dir():
         raise DataFormatError(_missing_dataset_message(root, name))
     image_root = os.path.abspath(root if image_root is None else image_root)
-    rows = [(file, i, row) for file in _data_files(folder, split) for i, row in enumerate(_read_rows(file))]
+    rows = [(file, i, row) for file in data_files(folder, split) for i, row in enumerate(_read_rows(file))]
     known: dict[str, bool] = {}
     queries = []
     for k in sample_rows(len(rows), limit, seed):
@@ -263,12 +270,22 @@ def _missing_dataset_message(root: Path, name: str) -> str:
 # ----------------------------------------------------------------------------- images
 
 
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Larger images are refused before decoding: memory and time stay bounded (the processor would shrink
+them to ``model.max_pixels`` anyway)."""
+
+
 def load_image(path) -> Image.Image:
-    """Open an image file as RGB; an unreadable or missing file raises DataFormatError naming it."""
+    """Open an image file as RGB; an unreadable, missing or oversized file raises DataFormatError naming it."""
     try:
         with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise DataFormatError(f"{path}: {image.width}x{image.height} pixels, over the {MAX_IMAGE_PIXELS:,} "
+                                      "comalite decodes. Shrink the image, or drop the rows that use it.")
             return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, DataFormatError):
+            raise
         raise DataFormatError(f"{path}: cannot read this image ({e}). Re-extract or re-download it, "
                               f"or drop the rows that use it.") from e
 
@@ -338,41 +355,37 @@ def read_dialogues(path, image_root) -> list[Dialogue]:
     root = os.path.abspath(image_root)
     known: dict[str, bool] = {}
     dialogues = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{where}: not valid JSON ({e}). Fix or remove the line.")
-            if not isinstance(record, dict):
-                raise DataFormatError(f"{where}: expected a JSON object. Fix or remove the line.")
-            turns = record.get("turns")
-            if not isinstance(turns, list) or not turns:
-                raise DataFormatError(f"{where}, field 'turns': missing or empty. Give a list of "
-                                      f'{{"q": ..., "a": ...}} objects.')
-            parsed = []
-            for t in turns:
-                if not (isinstance(t, dict) and isinstance(t.get("q"), str) and isinstance(t.get("a"), str)):
-                    raise DataFormatError(f"{where}, field 'turns': each turn must be "
-                                          f'{{"q": str, "a": str}}, got {t!r}. Fix the turn.')
-                parsed.append(Turn(question=t["q"], answer=t["a"]))
-            text = record.get("text") or ""
-            rel = record.get("image") or ""
-            if not isinstance(text, str) or not isinstance(rel, str):
-                raise DataFormatError(f"{where}: 'image' and 'text' must be strings. Fix the line.")
-            image = None
-            if rel:
-                image = os.path.normpath(os.path.join(root, rel))
-                if image not in known:
-                    known[image] = os.path.isfile(image)
-                if not known[image]:
-                    raise DataFormatError(f"{where}, field 'image': image '{rel}' not found under {root}. "
-                                          f"Pass the right image_root or restore the image.")
-            if not text and image is None:
-                raise DataFormatError(f"{where}: neither image nor text to compress. Fill one in or drop "
-                                      f"the line.")
-            dialogues.append(Dialogue(turns=tuple(parsed), image=image, text=text))
+    for line_no, record in _jsonl_records(path):
+        where = f"{path}, line {line_no}"
+        turns = record.get("turns")
+        if not isinstance(turns, list) or not turns:
+            raise DataFormatError(f"{where}, field 'turns': missing or empty. Give a list of "
+                                  f'{{"q": ..., "a": ...}} objects.')
+        parsed = []
+        for k, t in enumerate(turns):
+            if not (isinstance(t, dict) and isinstance(t.get("q"), str) and isinstance(t.get("a"), str)):
+                raise DataFormatError(f"{where}, field 'turns': each turn must be "
+                                      f'{{"q": str, "a": str}}, got {t!r}. Fix the turn.')
+            if not t["a"].strip():
+                raise DataFormatError(f"{where}, field 'turns[{k}].a': the answer is empty, and stage 1 learns "
+                                      "from answers. Fill it in or drop the turn.")
+            parsed.append(Turn(question=t["q"], answer=t["a"]))
+        text = record.get("text") or ""
+        rel = record.get("image") or ""
+        if not isinstance(text, str) or not isinstance(rel, str):
+            raise DataFormatError(f"{where}: 'image' and 'text' must be strings. Fix the line.")
+        image = None
+        if rel:
+            image = os.path.normpath(os.path.join(root, rel))
+            if image not in known:
+                known[image] = os.path.isfile(image)
+            if not known[image]:
+                raise DataFormatError(f"{where}, field 'image': image '{rel}' not found under {root}. "
+                                      f"Pass the right image_root or restore the image.")
+        if not text and image is None:
+            raise DataFormatError(f"{where}: neither image nor text to compress. Fill one in or drop "
+                                  f"the line.")
+        dialogues.append(Dialogue(turns=tuple(parsed), image=image, text=text))
+    if not dialogues:
+        raise DataFormatError(f"{path}: no dialogues in this file. Write some with `comalite stage1-data`.")
     return dialogues

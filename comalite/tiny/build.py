@@ -7,7 +7,7 @@ earns that role honestly:
 2. a Qwen2-VL with the same architecture as the 2B (ViT with 2x2 patch merger, M-RoPE decoder, tied
    embeddings), only narrower and shallower, is initialised from a seed;
 3. its ViT is pre-trained alone so that each image token tells where it is and what object is centred
-   there (``comalite.tiny_vision``), as the real model's ViT was pre-trained before the VLM: question
+   there (``comalite.tiny.vision``), as the real model's ViT was pre-trained before the VLM: question
    answering alone teaches a from-scratch ViT too slowly, and the model stayed image-blind;
 4. the model is saved like a hub checkpoint, then "stage 0": a short generative pre-training on
    ShapesWorld QA (ordinary causal attention, ViT frozen, every language-model parameter trained, no
@@ -19,6 +19,7 @@ and by question type, against an image-blind baseline.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -32,10 +33,15 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from .config import Config, ModelConfig, TrainConfig, home_dir
-from .processor import VLProcessor
-from .records import Dialogue
-from .tiny_vision import pretrain_vision
+from ..backbone import CHECKSUMS, load_backbone, use_cpu_threads
+from ..config import Config, ModelConfig, TrainConfig
+from ..data.sources import stage1_dialogues
+from ..objective import answer_accuracy, train_lm
+from ..processor import VLProcessor
+from ..records import Dialogue
+from ..sequence import dialogue_examples
+from ..shapesworld import question_template, text_corpus
+from .vision import pretrain_vision
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +149,6 @@ def accuracy_by_question_type(backbone, train: list[Dialogue], heldout: list[Dia
     """Held-out answer accuracy per question type (``shapesworld.question_template``), one QA turn per
     sequence, next to the image-blind baseline on the same turns: where the model looks, and where it
     only learned the answer prior."""
-    from .objective import answer_accuracy
-    from .shapesworld import question_template
-    from .stage1 import dialogue_examples
-
     groups: dict[str, list[Dialogue]] = {}
     for d in heldout:
         for turn in d.turns:
@@ -159,19 +161,18 @@ def accuracy_by_question_type(backbone, train: list[Dialogue], heldout: list[Dia
     return out
 
 
-def build_tiny_vlm(out_dir: str | Path | None = None, tc: TinyConfig | None = None,
-                   data_cfg: Config | None = None) -> Path:
-    """Build, stage-0 train and save the tiny VLM into ``out_dir`` (default ``<home>/tiny-vlm``)."""
-    from .datasets import stage1_dialogues
-    from .objective import answer_accuracy
-    from .shapesworld import text_corpus
-    from .stage1 import dialogue_examples, train_lm
+def write_checksums(folder: Path) -> None:
+    """``CHECKSUMS`` (``sha256sum`` format) of every file in ``folder``; the loader verifies it."""
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS]
+    (folder / CHECKSUMS).write_text("".join(lines))
 
-    tc = tc or TinyConfig()
-    out_dir = Path(out_dir) if out_dir else home_dir() / "tiny-vlm"
-    data_cfg = data_cfg or Config()
+
+def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Path:
+    """Build, stage-0 train and save the tiny VLM into ``out_dir``; stage 0 reads ``data_cfg``'s dialogues."""
+    out_dir = Path(out_dir)
     start = time.perf_counter()
-    torch.set_num_threads(tc.threads)
+    use_cpu_threads(tc.threads)
     torch.manual_seed(tc.seed)
     tokenizer = train_tokenizer(text_corpus(seed=tc.seed), tc.vocab_size)
     pixels = tc.image_size * tc.image_size
@@ -181,26 +182,28 @@ def build_tiny_vlm(out_dir: str | Path | None = None, tc: TinyConfig | None = No
     work = out_dir.with_name(out_dir.name + ".building")
     shutil.rmtree(work, ignore_errors=True)
     init_dir = work / "init"
+    clock = time.perf_counter()
     vision = pretrain_vision(model.model.visual, VLProcessor(tokenizer, image_processor), tc.vision, work / "vision",
                              n_scenes=tc.vision_scenes, n_heldout=tc.vision_heldout, image_size=tc.image_size)
+    vision_seconds = time.perf_counter() - clock
     model.save_pretrained(str(init_dir))
     tokenizer.save_pretrained(str(init_dir))
     image_processor.save_pretrained(str(init_dir))
-
-    from .backbone import load_backbone
 
     mcfg = ModelConfig(backbone=str(init_dir), quantization="none", dtype="fp32", device="cpu", n_compress=0,
                        gradient_checkpointing=False, min_pixels=pixels // 4, max_pixels=pixels, cpu_threads=tc.threads)
     backbone = load_backbone(mcfg, train_adapter=None, train_compression=False)
     backbone.hf.requires_grad_(True)
-    backbone.core.visual.requires_grad_(tc.stage0_trains_vision)
+    backbone.visual.requires_grad_(tc.stage0_trains_vision)
     dialogues = stage1_dialogues(data_cfg)
     n_heldout = data_cfg.stage1.heldout  # the same dialogues stage 1 holds out
     train, heldout = dialogues[:-n_heldout], dialogues[-n_heldout:]
     if tc.split_turns:
         train = [Dialogue(turns=(turn,), image=d.image, text=d.text) for d in train for turn in d.turns]
+    clock = time.perf_counter()
     history = train_lm(backbone, train, tc.stage0, work / "stage0", compression_mask=False, supervise=tc.supervise,
                        with_compression=False, stage1_cfg=data_cfg.stage1, desc="stage 0")
+    stage0_seconds = time.perf_counter() - clock
     heldout_examples = dialogue_examples(backbone.processor, heldout, data_cfg.stage1, with_compression=False)
     accuracy = answer_accuracy(backbone, heldout_examples, compression_mask=False)
     by_type = accuracy_by_question_type(backbone, train, heldout, data_cfg.stage1)
@@ -218,28 +221,15 @@ def build_tiny_vlm(out_dir: str | Path | None = None, tc: TinyConfig | None = No
         "heldout_turn_accuracy": sum(t["accuracy"] * t["answers"] for t in by_type.values()) / n_turns,
         "heldout_by_question_type": by_type,
         "stage0_first_loss": history[0]["loss"], "stage0_last_loss": history[-1]["loss"],
+        "vision_seconds": round(vision_seconds, 1), "stage0_seconds": round(stage0_seconds, 1),
+        "stage0_sequences": len(train),
         "parameters": sum(p.numel() for p in backbone.hf.parameters()),
         "build_seconds": round(time.perf_counter() - start, 1), "torch_threads": torch.get_num_threads(),
         "config": asdict(tc)}
-    (work / "model" / "tiny_report.json").write_text(json.dumps(report, indent=2))
+    (work / "model" / "tiny_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_checksums(work / "model")
     shutil.rmtree(out_dir, ignore_errors=True)
     (work / "model").rename(out_dir)
     shutil.rmtree(work, ignore_errors=True)
     log.info("tiny VLM built in %s: %s", out_dir, report)
-    return out_dir
-
-
-def ensure_tiny_vlm(*, smoke: bool = False) -> Path:
-    """The cached tiny VLM, built the first time it is asked for (a few minutes on a CPU).
-
-    ``smoke``: a separate copy with a short stage 0 on the smoke-mode data, for tests and quick notebook
-    runs: a working checkpoint of the same architecture, not a good VLM.
-    """
-    from .config import load_config
-
-    out_dir = home_dir() / ("tiny-vlm-smoke" if smoke else "tiny-vlm")
-    if not (out_dir / "tiny_report.json").exists():
-        log.warning("building the tiny VLM into %s (once; %s on a CPU)", out_dir, "a minute" if smoke else "minutes")
-        tc = TinyConfig.smoke() if smoke else TinyConfig()
-        build_tiny_vlm(out_dir, tc, data_cfg=load_config("tiny", smoke=smoke))
     return out_dir

@@ -8,16 +8,18 @@ Where annotations already pair an image with questions and answers (MMEB-train's
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from .backbone import Backbone
-from .records import IMAGE_PLACEHOLDER, Dialogue, TrainPair, Turn
-from .sequence import CONTEXT, Example, add_image, collate
+from ..backbone import Backbone, load_backbone
+from ..progress import progress_bar
+from ..records import IMAGE_PLACEHOLDER, Dialogue, TrainPair, Turn
+from ..sequence import CONTEXT, Example, add_image, collate
+from .io import read_dialogues, write_dialogues
 
 log = logging.getLogger(__name__)
 QUESTION_PROMPT = ("Write {n} short questions about this image that together pin down what it shows "
@@ -80,11 +82,6 @@ def build_stage1_data(cfg, *, images: str | Path, out: str | Path, generator: st
     """Write a stage-1 jsonl for every image under ``images`` using ``generator`` (default: the preset's
     backbone). Resumes: images already in ``out`` are skipped; the file is rewritten atomically every
     ``save_every`` images. Returns the number of dialogues in ``out``."""
-    import dataclasses
-
-    from .backbone import load_backbone
-    from .mmeb_data import read_dialogues, write_dialogues
-
     out, image_root = Path(out), Path(images)
     paths = find_images(image_root)[:limit or None]
     done = read_dialogues(out, image_root) if out.exists() else []
@@ -92,7 +89,7 @@ def build_stage1_data(cfg, *, images: str | Path, out: str | Path, generator: st
     todo = [p for p in paths if str(p) not in seen]
     model_cfg = dataclasses.replace(cfg.model, backbone=generator or cfg.model.backbone)
     backbone = load_backbone(model_cfg, train_adapter=None, train_compression=False).eval()
-    for i, path in enumerate(tqdm(todo, desc="stage-1 dialogues"), 1):
+    for i, path in enumerate(progress_bar(todo, desc="stage-1 dialogues"), 1):
         dialogue = generate_dialogue(backbone, str(path), n_questions=n_questions)
         if dialogue.turns:
             done.append(dialogue)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 
+from comalite.errors import UnknownDatasetError
 from comalite.records import META_TASKS, DatasetInfo
 
 SPLITS = ("IND", "OOD")
@@ -51,7 +52,7 @@ def _ensure_shapesworld() -> None:
     global _shapesworld_loaded
     if _shapesworld_loaded:
         return
-    from comalite.shapesworld import SHAPESWORLD_DATASETS  # deferred: keeps `import comalite.mmeb` light
+    from comalite.shapesworld import SHAPESWORLD_DATASETS  # deferred: keeps importing the registry light
 
     for info in SHAPESWORLD_DATASETS:
         register(info)
@@ -67,8 +68,9 @@ def get_dataset_info(name: str) -> DatasetInfo:
     # Near misses are common (ImageNet_1K is the train name of ImageNet-1K; case; '-' vs '_').
     by_lower = {n.lower().replace("_", "-"): n for n in REGISTRY}
     close = difflib.get_close_matches(name.lower().replace("_", "-"), list(by_lower), n=5, cutoff=0.6)
-    hint = ", ".join(by_lower[c] for c in close) if close else "none; see comalite.mmeb.REGISTRY"
-    raise KeyError(f"unknown evaluation dataset {name!r}; close names: {hint}")
+    hint = ", ".join(by_lower[c] for c in close) if close else "none; see comalite.eval.registry.REGISTRY"
+    raise UnknownDatasetError(f"unknown evaluation dataset {name!r}; close names: {hint}. A dataset of your own "
+                              "needs an entry: comalite.eval.registry.register(DatasetInfo(...))")
 
 
 def datasets(meta_task: str | None = None, split: str | None = None, source: str | None = None) -> list[DatasetInfo]:

@@ -1,0 +1,139 @@
+"""Where a config's data comes from: ShapesWorld (built on first use) or a local MMEB folder.
+
+The same readers (``comalite.data.io``) read both, so every stage runs the same code on the tiny preset and
+on real MMEB subsets; only the folders differ. A dataset folder is one that holds data files of its split
+(``original*`` for training, ``test*`` for evaluation); hidden folders (``.cache``) and folders without such
+files (an unzipped ``images/``) are not datasets and are skipped.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..config import Config
+from ..errors import ConfigError, DataFormatError
+from ..records import Dialogue, EvalDataset, TrainPair
+from ..shapesworld import build_shapesworld
+from .io import data_files, read_dialogues, read_eval_dataset, read_train_subset
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"  # ShapesWorld's: its parameters, so its fingerprint covers every image
+
+
+def ensure_data(cfg: Config) -> Path:
+    """The data root; for ShapesWorld, build it there first if it is missing (seeded, idempotent)."""
+    root = cfg.data_root()
+    if cfg.data.source == "shapesworld":
+        d = cfg.data
+        build_shapesworld(root, seed=d.seed, n_stage1_images=d.n_stage1_images,
+                          n_train_per_subset=d.n_train_per_subset, n_eval_queries=d.n_eval_queries,
+                          n_candidates=d.n_candidates, image_size=d.image_size)
+    elif not cfg.data.root:
+        raise ConfigError("data.source is 'mmeb' but data.root is not set: --set data.root=/path/to/MMEB-train "
+                          "(one folder per subset, images unzipped; see data/README.md)")
+    elif not root.is_dir():
+        raise ConfigError(f"data.root={root} does not exist: set it to a local copy of TIGER-Lab/MMEB-train "
+                          "(see data/README.md)")
+    return root
+
+
+def _image_root(cfg: Config, root: Path) -> Path:
+    if cfg.data.image_root:
+        return Path(cfg.data.image_root)
+    return root / "images" if cfg.data.source == "shapesworld" else root
+
+
+def dataset_folders(root: Path, split: str) -> list[str]:
+    """Names of the sub-folders of ``root`` that hold ``<split>*`` data files, sorted; others are skipped."""
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a folder: check the path")
+    names = []
+    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if any(path.glob(f"{split}*.parquet")) or any(path.glob(f"{split}*.jsonl")):
+            names.append(path.name)
+        else:
+            log.info("skipping %s: no %s*.parquet or %s*.jsonl in it", path, split, split)
+    return names
+
+
+def stage1_dialogues_path(cfg: Config) -> Path:
+    """The stage-1 jsonl: ``stage1.dialogues``, else ShapesWorld's."""
+    if cfg.stage1.dialogues:
+        return Path(cfg.stage1.dialogues)
+    if cfg.data.source != "shapesworld":
+        raise ConfigError("stage1.dialogues is not set: give the stage-1 jsonl (write one with "
+                          "`comalite stage1-data`), e.g. --set stage1.dialogues=/data/stage1.jsonl")
+    return ensure_data(cfg) / "stage1" / "dialogues.jsonl"
+
+
+def stage1_files(cfg: Config) -> list[Path]:
+    """The files stage 1's data is made of (what its run record fingerprints)."""
+    manifest = cfg.data_root() / MANIFEST
+    return [stage1_dialogues_path(cfg)] + ([manifest] if manifest.exists() else [])
+
+
+def stage1_dialogues(cfg: Config) -> list[Dialogue]:
+    """The stage-1 QA dialogues (ShapesWorld's, or ``stage1.dialogues`` for real images)."""
+    path = stage1_dialogues_path(cfg)
+    if not path.exists():
+        raise ConfigError(f"stage-1 dialogues {path} not found: build them with `comalite stage1-data` "
+                          "or set stage1.dialogues")
+    image_root = Path(cfg.data.image_root) if cfg.data.image_root else _image_root(cfg, ensure_data(cfg))
+    dialogues = read_dialogues(path, image_root)
+    return dialogues[:cfg.stage1.max_dialogues] if cfg.stage1.max_dialogues else dialogues
+
+
+def _train_dir(cfg: Config) -> Path:
+    root = ensure_data(cfg)
+    return root / "train" if cfg.data.source == "shapesworld" else root
+
+
+def train_subsets(cfg: Config) -> tuple[str, ...]:
+    """The training subsets: ``stage2.subsets``, else every subset folder found."""
+    train_dir = _train_dir(cfg)
+    subsets = cfg.stage2.subsets or tuple(dataset_folders(train_dir, "original"))
+    if not subsets:
+        raise DataFormatError(f"{train_dir}: no training subsets (folders with original*.parquet files). "
+                              "Download MMEB-train subsets there or fix data.root.")
+    return subsets
+
+
+def train_files(cfg: Config) -> list[Path]:
+    """The files stage 2's data is made of (what its run record fingerprints)."""
+    train_dir = _train_dir(cfg)
+    files = [f for name in train_subsets(cfg) for f in data_files(train_dir / name, "original")]
+    manifest = cfg.data_root() / MANIFEST
+    return files + ([manifest] if manifest.exists() else [])
+
+
+def train_pairs(cfg: Config) -> list[TrainPair]:
+    """Stage-2 pairs from every MMEB-train-schema subset under the train folder (or ``stage2.subsets``)."""
+    train_dir = _train_dir(cfg)
+    pairs: list[TrainPair] = []
+    for name in train_subsets(cfg):
+        pairs += read_train_subset(train_dir / name, _image_root(cfg, cfg.data_root()), subset=name,
+                                   limit=cfg.stage2.per_subset_cap or None)
+    return pairs
+
+
+def eval_root(cfg: Config) -> tuple[Path, Path]:
+    """(folder with one sub-folder per eval dataset, image root) for this config."""
+    if cfg.eval.root:
+        root = Path(cfg.eval.root)
+        return root, Path(cfg.eval.image_root) if cfg.eval.image_root else root
+    if cfg.data.source != "shapesworld":
+        raise ConfigError("eval.root is not set: --set eval.root=/path/to/MMEB-eval (one folder per dataset; "
+                          "see data/README.md)")
+    root = ensure_data(cfg)
+    return root / "eval", root / "images"
+
+
+def eval_datasets(cfg: Config) -> list[EvalDataset]:
+    """The evaluation datasets this config names (default: every one found), sampled as configured."""
+    root, image_root = eval_root(cfg)
+    names = cfg.eval.datasets or tuple(dataset_folders(root, "test"))
+    if not names:
+        raise DataFormatError(f"{root}: no evaluation datasets (folders with test*.parquet files). Download "
+                              "MMEB-eval datasets there or fix eval.root.")
+    return [read_eval_dataset(root, name, image_root=image_root, limit=cfg.eval.max_queries or None,
+                              seed=cfg.eval.seed) for name in names]

@@ -1,0 +1,147 @@
+"""A resumable on-disk cache of embeddings, keyed by what they depend on: the model and the inputs.
+
+Layout::
+
+    cache_dir/<model fingerprint>/<dataset slug>-<inputs fingerprint>/rows_<start>-<stop>.npy
+
+The model fingerprint (``Embedder.fingerprint``) changes whenever the embeddings could: other weights,
+pooling, image size, K. The inputs fingerprint hashes the ordered distinct inputs: texts, image paths and
+each image file's size and modification time (a regenerated image at the same path is a new input). Each
+``rows_*`` file holds the embeddings of distinct inputs ``start..stop-1``, written atomically, one per
+encoded batch, so an interrupted run resumes with only the missing rows, whatever either run's batch size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from comalite.atomic import atomic_write
+from comalite.records import EmbedInput
+
+log = logging.getLogger(__name__)
+
+NORM_TOL = 1e-3
+"""How far from 1 an embedding's L2 norm may be before the embedder is rejected as not normalised."""
+
+_CHUNK = re.compile(r"rows_(\d+)-(\d+)\.npy")
+
+
+def slug(text: str) -> str:
+    """A short file-system-safe name that stays unique: readable tail + hash of the full text."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[-48:]
+    return f"{readable}-{digest}" if readable else digest
+
+
+def _image_stamp(path: str, stamps: dict[str, str]) -> str:
+    if path not in stamps:
+        try:
+            stat = os.stat(path)
+            stamps[path] = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            stamps[path] = "missing"
+    return stamps[path]
+
+
+def inputs_fingerprint(inputs: list[EmbedInput]) -> str:
+    """A hash of the ordered inputs: texts, image paths, and each image file's size and mtime."""
+    stamps: dict[str, str] = {}
+    keys = [[item.text, item.image or "", _image_stamp(item.image, stamps) if item.image else ""] for item in inputs]
+    return hashlib.sha256(json.dumps(keys, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def cache_folder(cache_dir: str | Path | None, model_fingerprint: str, dataset: str,
+                 inputs: list[EmbedInput]) -> Path | None:
+    """``cache_dir/<model fingerprint>/<dataset>-<inputs fingerprint>``, or None when caching is off."""
+    if cache_dir is None:
+        return None
+    return Path(cache_dir) / slug(model_fingerprint) / f"{slug(dataset)}-{inputs_fingerprint(inputs)}"
+
+
+def _load_chunks(folder: Path, n: int) -> dict[int, np.ndarray]:
+    """The cached chunks in ``folder`` by start row; unreadable or inconsistent files are ignored."""
+    chunks = {}
+    for path in sorted(folder.glob("rows_*.npy")):
+        match = _CHUNK.fullmatch(path.name)
+        if not match:
+            continue
+        lo, hi = int(match[1]), int(match[2])
+        try:
+            array = np.load(path)
+        except (OSError, ValueError) as err:  # atomic writes make this rare; re-encode rather than fail
+            log.warning("ignoring unreadable cache file %s: %s", path, err)
+            continue
+        if 0 <= lo < hi <= n and array.shape[0] == hi - lo:
+            chunks[lo] = array
+    return chunks
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save on a path would append ".npy" to the temp name
+        np.save(fh, array)
+
+
+def _missing_batches(done: np.ndarray, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges of at most ``batch_size`` rows covering every row not yet ``done``."""
+    batches = []
+    i, n = 0, len(done)
+    while i < n:
+        if done[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and not done[j] and j - i < batch_size:
+            j += 1
+        batches.append((i, j))
+        i = j
+    return batches
+
+
+def checked_embeddings(embedder, batch: list[EmbedInput]) -> np.ndarray:
+    """``embedder.embed(batch)`` as float32, after checking its shape and that rows are unit vectors."""
+    out = np.asarray(embedder.embed(batch), dtype=np.float32)
+    if out.ndim != 2 or out.shape[0] != len(batch):
+        raise ValueError(f"{embedder.name}: embed() returned shape {out.shape} for {len(batch)} inputs")
+    norms = np.linalg.norm(out, axis=1)
+    if not np.all(np.abs(norms - 1.0) <= NORM_TOL):
+        raise ValueError(
+            f"{embedder.name}: embed() must return L2-normalised rows (cosine = dot product); "
+            f"got norms from {norms.min():.4g} to {norms.max():.4g}"
+        )
+    return out
+
+
+def cached_embeddings(embedder, inputs: list[EmbedInput], cache: Path | None, batch_size: int, progress: bool,
+                      desc: str) -> tuple[np.ndarray, int]:
+    """Embeddings of all ``inputs`` (cached rows loaded, the rest encoded and cached) and how many were encoded."""
+    chunks = _load_chunks(cache, len(inputs)) if cache is not None and cache.is_dir() else {}
+    done = np.zeros(len(inputs), dtype=bool)
+    for lo, array in chunks.items():
+        done[lo : lo + len(array)] = True
+    todo = _missing_batches(done, batch_size)
+    if progress and todo:
+        from tqdm.auto import tqdm  # deferred: only needed when a bar is shown
+
+        todo = tqdm(todo, desc=f"{embedder.name} / {desc}", unit="batch")
+    n_encoded = 0
+    for lo, hi in todo:
+        array = checked_embeddings(embedder, inputs[lo:hi])
+        if cache is not None:
+            atomic_write(cache / f"rows_{lo:07d}-{hi:07d}.npy", lambda tmp: _save_npy(tmp, array))
+        chunks[lo] = array
+        done[lo:hi] = True
+        n_encoded += hi - lo
+    # Overlapping cached chunks (from runs with other batch sizes) hold the same rows: any copy will do.
+    dims = {array.shape[1] for array in chunks.values()}
+    if len(dims) != 1:
+        raise ValueError(f"{embedder.name}: inconsistent embedding sizes {sorted(dims)} in the cache at {cache}")
+    embeddings = np.empty((len(inputs), dims.pop()), dtype=np.float32)
+    for lo, array in sorted(chunks.items()):
+        embeddings[lo : lo + len(array)] = array
+    return embeddings, n_encoded

@@ -1,0 +1,206 @@
+"""The MMEB evaluation protocol: every model on every dataset, Precision@1, aggregates, reports.
+
+Every query is scored against its own candidate list (candidate 0 is the ground truth) by cosine
+similarity, i.e. the dot product of L2-normalised embeddings (``comalite.eval.metric``). Each distinct
+input (``EmbedInput.key()``) is encoded once per dataset, so a label set shared by 1000 classification
+queries costs one pass, and embeddings are cached by model fingerprint and inputs
+(``comalite.eval.cache``), so an unchanged model is never encoded twice and a changed one always is.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from comalite.eval.cache import cache_folder, cached_embeddings
+from comalite.eval.metric import aggregate, at_chance, chance_level, score_queries
+from comalite.eval.report import save_results
+from comalite.records import META_TASKS, DatasetInfo, EmbedInput, EvalDataset
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Anything that embeds ``EmbedInput``s.
+
+    ``name`` labels the model in tables; ``fingerprint`` must change whenever its embeddings could (other
+    weights, pooling, image size...): the evaluation cache is keyed by it, never by the name.
+    """
+
+    name: str
+    fingerprint: str
+
+    def embed(self, inputs: list[EmbedInput]) -> np.ndarray:
+        """Embeddings of ``inputs`` as a float32 ``(len(inputs), D)`` array with L2-normalised rows."""
+        ...
+
+
+def evaluate_dataset(
+    embedder: Embedder,
+    dataset: EvalDataset,
+    *,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict:
+    """Precision@1 of ``embedder`` on ``dataset``; scores are fractions in [0, 1].
+
+    Returns a dict with ``dataset``, ``model``, ``precision_at_1``, ``chance`` (mean over queries of
+    1 / number of candidates), ``chance_std`` (the standard deviation of a uniform guesser's score),
+    ``n_queries``, ``candidates`` (min/mean/max per query), ``n_distinct_queries``,
+    ``n_distinct_candidates``, ``n_encoded`` (distinct inputs encoded by this call; the rest came from
+    the cache), ``seconds`` and ``ranks``: the ground truth's 1-based rank per query, placed after every
+    candidate it ties with (so rank 1 means a strict win).
+    """
+    if not dataset.queries:
+        raise ValueError(f"dataset {dataset.name!r} has no queries")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    start = time.perf_counter()
+    inputs, query_rows, candidate_rows = _distinct_inputs(dataset)
+    cache = cache_folder(cache_dir, embedder.fingerprint, dataset.name, inputs)
+    embeddings, n_encoded = cached_embeddings(embedder, inputs, cache, batch_size, progress, desc=dataset.name)
+    credit, ranks = score_queries(embeddings, query_rows, candidate_rows)
+    counts = np.array([len(rows) for rows in candidate_rows])
+    chance, chance_std = chance_level(counts)
+    return {
+        "dataset": dataset.name,
+        "model": embedder.name,
+        "precision_at_1": float(credit.mean()),
+        "chance": chance,
+        "chance_std": chance_std,
+        "n_queries": len(query_rows),
+        "candidates": {"min": int(counts.min()), "mean": float(counts.mean()), "max": int(counts.max())},
+        "n_distinct_queries": len(set(query_rows.tolist())),
+        "n_distinct_candidates": len(set(np.concatenate(candidate_rows).tolist())),
+        "n_encoded": n_encoded,
+        "seconds": time.perf_counter() - start,
+        "ranks": ranks.tolist(),
+    }
+
+
+def _distinct_inputs(dataset: EvalDataset) -> tuple[list[EmbedInput], np.ndarray, list[np.ndarray]]:
+    """Distinct inputs (first-seen order), each query's row in them and each query's candidate rows.
+
+    Queries and candidates share one pool: the embedder sees no role, so an input equal to another
+    yields the same embedding whichever side it is on.
+    """
+    rows: dict[tuple[str, str], int] = {}
+    inputs: list[EmbedInput] = []
+
+    def row(item: EmbedInput) -> int:
+        key = item.key()
+        if key not in rows:
+            rows[key] = len(inputs)
+            inputs.append(item)
+        return rows[key]
+
+    query_rows = []
+    candidate_rows = []
+    for i, q in enumerate(dataset.queries):
+        if not q.candidates:
+            raise ValueError(f"{dataset.name}: query {i} has no candidates")
+        query_rows.append(row(q.query))
+    for q in dataset.queries:  # candidates after all queries: keeps query rows contiguous in the cache
+        candidate_rows.append(np.array([row(c) for c in q.candidates], dtype=np.int64))
+    return inputs, np.array(query_rows, dtype=np.int64), candidate_rows
+
+
+def evaluate(
+    embedders: Embedder | Sequence[Embedder],
+    datasets: Sequence[tuple[DatasetInfo, EvalDataset]],
+    *,
+    out_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    limit: int | None = None,
+    seed: int | None = None,
+) -> dict:
+    """Evaluate every model on every dataset; aggregate; optionally save ``results.json`` and ``results.md``.
+
+    ``limit`` and ``seed`` only record how the datasets were subsampled when they were read (e.g.
+    ``comalite.data.io.read_eval_dataset(..., limit=, seed=)``), so that the report says so.
+
+    Returns ``{"models", "fingerprints", "datasets", "sampling", "scores", "aggregates",
+    "chance_aggregates", "details"}``: ``datasets`` lists per dataset its info and sizes,
+    ``scores[model][dataset]`` is Precision@1, ``aggregates[model]`` has one entry per meta-task present plus
+    ``IND``/``OOD`` (when present) and ``overall``, all unweighted means over datasets;
+    ``details[model][dataset]`` is ``evaluate_dataset``'s dict.
+    """
+    models = [embedders] if isinstance(embedders, Embedder) else list(embedders)
+    names = [m.name for m in models]
+    if not models or len(set(names)) != len(names):
+        raise ValueError(f"need one or more embedders with distinct names, got {names}")
+    _check_pairs(datasets)
+    details: dict[str, dict[str, dict]] = {}
+    for model in models:
+        details[model.name] = {
+            info.name: evaluate_dataset(model, data, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+            for info, data in datasets
+        }
+        _warn_if_at_chance(model.name, list(details[model.name].values()))
+
+    first = details[names[0]]  # sizes and chance do not depend on the model
+    table = [
+        {
+            "name": info.name,
+            "meta_task": info.meta_task,
+            "split": info.split,
+            "source": info.source,
+            "n_queries": first[info.name]["n_queries"],
+            "candidates": first[info.name]["candidates"],
+            "chance": first[info.name]["chance"],
+        }
+        for info, _ in datasets
+    ]
+    scores = {m: {d: r["precision_at_1"] for d, r in per.items()} for m, per in details.items()}
+    chance = {row["name"]: row["chance"] for row in table}
+    results = {
+        "models": names,
+        "fingerprints": {m.name: m.fingerprint for m in models},
+        "datasets": table,
+        "sampling": {"limit": limit, "seed": seed},
+        "scores": scores,
+        "aggregates": {m: aggregate(scores[m], [info for info, _ in datasets]) for m in names},
+        "chance_aggregates": aggregate(chance, [info for info, _ in datasets]),
+        "details": details,
+    }
+    if out_dir is not None:
+        save_results(results, out_dir)
+    return results
+
+
+def _check_pairs(datasets: Sequence[tuple[DatasetInfo, EvalDataset]]) -> None:
+    """Each pair must agree on its name, names must be distinct and meta-tasks known."""
+    if not datasets:
+        raise ValueError("no datasets to evaluate")
+    seen = set()
+    for info, data in datasets:
+        if info.name != data.name:
+            raise ValueError(f"DatasetInfo {info.name!r} is paired with EvalDataset {data.name!r}")
+        if info.meta_task not in META_TASKS:
+            raise ValueError(f"{info.name}: meta_task {info.meta_task!r} is not one of {META_TASKS}")
+        if info.name in seen:
+            raise ValueError(f"dataset {info.name!r} appears twice")
+        seen.add(info.name)
+
+
+def _warn_if_at_chance(model: str, results: Sequence[dict]) -> None:
+    """Warn (and log) when a model is at chance on every dataset: almost always an input-format bug."""
+    if all(at_chance(r) for r in results):
+        n = sum(r["n_queries"] for r in results)
+        message = (
+            f"{model} scores within noise of chance on every dataset ({len(results)} datasets, {n} queries). "
+            "That usually means an input-format problem (the <|image_1|> placeholder not becoming the image, "
+            "an instruction or whitespace mismatch, collapsed embeddings), not a bad model; on very few "
+            "queries it can also mean the sample is too small to tell."
+        )
+        log.warning(message)
+        warnings.warn(message, stacklevel=3)

@@ -1,0 +1,124 @@
+"""The whole recipe, step by step, and the models it compares by name: the one orchestrator that the
+command line, the demo and the notebooks share.
+
+``ensure_stage(cfg, stage)`` makes sure a stage's result exists for this config: it builds what is missing
+below it (ShapesWorld, the smoke tiny VLM, stage 1 before CoMa's stage 2), reuses a finished run of the same
+settings and inputs, resumes an interrupted one, and refuses a folder made from other ones unless
+``overwrite``. ``run_all(cfg)`` is the demo: stage 1 -> stage 2 (CoMa) -> contrastive-only baseline at the
+same contrastive budget -> MMEB-protocol evaluation of all of them side by side.
+
+Model names understood by ``embedding_model``: ``base`` (the backbone, untrained compression tokens),
+``stage1``, ``stage2`` (CoMa), ``contrastive_only``, or the path of any result folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from .backbone import load_backbone, resolve_checkpoint
+from .config import Config, load_config
+from .data.sources import ensure_data, eval_datasets
+from .embedding import EmbeddingModel
+from .errors import CheckpointError, ConfigError
+from .eval import evaluate, get_dataset_info
+from .paths import data_dir
+from .result import read_result
+from .runs import run_lock
+from .stage1 import run_stage1
+from .stage2 import run_stage2
+from .tiny.build import TinyConfig, build_tiny_vlm
+
+log = logging.getLogger(__name__)
+STAGES = ("stage1", "stage2", "contrastive_only")
+MODEL_NAMES = ("base", "stage1", "contrastive_only", "stage2")
+TINY_BUILDS = {"tiny": ("tiny", TinyConfig), "tiny-smoke": ("tiny-smoke", TinyConfig.smoke)}
+"""Checkpoints built by ``comalite build-tiny``: backbone name -> (preset whose data stage 0 reads, recipe)."""
+
+
+def ensure_backbone(cfg: Config) -> Path | str:
+    """The config's checkpoint, building the tiny VLM first when it is a named one that is missing."""
+    try:
+        return resolve_checkpoint(cfg.model.backbone)
+    except CheckpointError:
+        if cfg.model.backbone not in TINY_BUILDS:
+            raise
+    with run_lock(data_dir() / ".building"):  # two processes must not build into one folder at once
+        try:
+            return resolve_checkpoint(cfg.model.backbone)
+        except CheckpointError:
+            return build_tiny(cfg.model.backbone)
+
+
+def build_tiny(name: str = "tiny") -> Path:
+    """Build the tiny VLM called ``name`` (``tiny`` or ``tiny-smoke``) into ``data/``, replacing it."""
+    preset, recipe = TINY_BUILDS[name]
+    out = data_dir() / name.replace("tiny", "tiny-vlm", 1)
+    log.warning("building the %s VLM into %s (%s on a CPU)", name, out, "a minute" if name == "tiny-smoke" else "minutes")
+    data_cfg = load_config(preset)
+    ensure_data(data_cfg)
+    return build_tiny_vlm(out, recipe(), data_cfg=data_cfg)
+
+
+def stage_config(cfg: Config, stage: str) -> Config:
+    """``cfg`` as the given stage runs it: ``contrastive_only`` is stage 2 started from the backbone."""
+    if stage not in STAGES:
+        raise ConfigError(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
+    if stage == "stage1":
+        return cfg
+    init = "stage1" if stage == "stage2" else "backbone"
+    return dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, init=init))
+
+
+def ensure_stage(cfg: Config, stage: str, *, overwrite: bool = False) -> Path:
+    """The finished result folder of ``stage`` for ``cfg``, running it (and what it needs) if missing."""
+    cfg = stage_config(cfg, stage)
+    ensure_data(cfg)
+    ensure_backbone(cfg)
+    if stage == "stage1":
+        return run_stage1(cfg, overwrite=overwrite)
+    if stage == "stage2":
+        ensure_stage(cfg, "stage1")
+    return run_stage2(cfg, overwrite=overwrite)
+
+
+def embedding_model(cfg: Config, name: str) -> EmbeddingModel:
+    """An embedding model by name (see module doc). Stages are made sure of first; a result folder brings
+    its own pooling and model settings."""
+    if name == "base":
+        ensure_backbone(cfg)
+        backbone = load_backbone(cfg.model, train_adapter=None, train_compression=False)
+        return EmbeddingModel(backbone.eval(), "base", pooling=cfg.stage2.pooling, batch_size=cfg.eval.batch_size)
+    folder = ensure_stage(cfg, name) if name in STAGES else Path(name)
+    return EmbeddingModel.load(folder, name=name, batch_size=cfg.eval.batch_size, device=cfg.model.device,
+                               cpu_threads=cfg.model.cpu_threads)
+
+
+def evaluate_models(cfg: Config, names: list[str] | tuple[str, ...] = MODEL_NAMES) -> dict:
+    """Evaluate the named models on the config's eval datasets; writes ``<run_dir>/eval/results.{json,md}``."""
+    datasets = [(get_dataset_info(d.name), d) for d in eval_datasets(cfg)]
+    out = cfg.run_dir() / "eval"
+    models = [embedding_model(cfg, name) for name in names]
+    return evaluate(models, datasets, out_dir=out, cache_dir=out / "cache", batch_size=cfg.eval.batch_size,
+                    limit=cfg.eval.max_queries or None, seed=cfg.eval.seed)
+
+
+def run_all(cfg: Config, *, overwrite: bool = False) -> dict:
+    """Stage 1, stage 2, the contrastive-only baseline and the evaluation table, reusing what is done."""
+    for stage in STAGES:
+        ensure_stage(cfg, stage, overwrite=overwrite)
+    return evaluate_models(cfg)
+
+
+def tiny_report(cfg: Config) -> dict | None:
+    """The tiny VLM's build report (``tiny_report.json``: what its ViT tokens hold, its held-out answers by
+    question type against the image-blind baseline), or None for any other backbone."""
+    if cfg.model.backbone not in TINY_BUILDS:
+        return None
+    return json.loads((Path(ensure_backbone(cfg)) / "tiny_report.json").read_text())
+
+
+def stage_result(cfg: Config, stage: str) -> dict:
+    """``result.json`` of ``stage`` for ``cfg`` (run first if missing)."""
+    return read_result(ensure_stage(cfg, stage))

@@ -1,0 +1,1 @@
+"""The shipped presets (YAML), read by ``comalite.config.load_config``."""

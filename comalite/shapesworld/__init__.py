@@ -1,0 +1,36 @@
+"""ShapesWorld: a deterministic procedural image world laid out like MMEB.
+
+A scene holds 1-4 objects (shape, color, size) in distinct cells of a 3x3 grid over a plain, gradient or
+noisy background. Its exact content is known, so descriptions, questions and answers are exact, and the
+world can hold things out for out-of-distribution (OOD) evaluation:
+
+- held-out attribute combinations (``HELDOUT_COMBOS``, e.g. a purple triangle): never in a stage-1 or
+  training image; the ``*-Heldout`` eval sets are built around them (compositional generalisation);
+- a held-out style (``outline``: shapes drawn as outlines, training images are ``flat``-filled).
+
+``build_shapesworld`` writes the stage-1 dialogues, MMEB-train-schema subsets and MMEB-eval-schema
+datasets (four meta-tasks, IND and OOD), read back by ``comalite.data.io`` exactly like the real files.
+Counting, spatial relations and attribute binding (hard negatives that swap two objects' colors) keep one
+global image feature from solving it.
+
+The modules, each importing only those above it:
+
+- ``scene``: the vocabulary (shapes, colors, sizes, grid positions, styles, backgrounds, held-out
+  combinations), ``Obj``, ``Background`` and ``Scene``, sampling and the held-out and hard-negative edits;
+- ``render``: drawing a scene or one object's crop (``render``, ``object_geometry``);
+- ``language``: descriptions, referring expressions, questions with exact answers (``qa_dialogue``,
+  ``question_template``), the MMEB-style instructions and the tokenizer's ``text_corpus``;
+- ``build``: the dataset registry (``SHAPESWORLD_DATASETS``, ``TRAIN_SUBSETS``), the image writer, one
+  example builder per task, and ``build_shapesworld``.
+"""
+from .build import SHAPESWORLD_DATASETS, TRAIN_SUBSETS, build_shapesworld
+from .language import DESCRIBE, describe, qa_dialogue, question_template, text_corpus
+from .render import object_geometry, render
+from .scene import (COLORS, HELDOUT_COMBOS, POSITIONS, SHAPES, SIZES, STYLES, Background, Obj, Scene,
+                    sample_scene)
+
+__all__ = [
+    "COLORS", "DESCRIBE", "HELDOUT_COMBOS", "POSITIONS", "SHAPES", "SHAPESWORLD_DATASETS", "SIZES", "STYLES",
+    "TRAIN_SUBSETS", "Background", "Obj", "Scene", "build_shapesworld", "describe", "object_geometry",
+    "qa_dialogue", "question_template", "render", "sample_scene", "text_corpus",
+]

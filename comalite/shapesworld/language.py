@@ -1,0 +1,180 @@
+"""Exact language about a scene: descriptions, referring expressions, questions and answers, the MMEB-style
+instructions, and the tokenizer's text corpus."""
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from comalite.records import IMAGE_PLACEHOLDER, Turn
+
+from .scene import (COLORS, HELDOUT_COMBOS, NUMBER_WORDS, PLURALS, POSITIONS, SHAPES, SIZES, STYLES, Obj, Scene,
+                    _pick, _position_name, sample_scene)
+
+
+def _join(phrases: list[str]) -> str:
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def describe(scene: Scene) -> str:
+    """A full description, e.g. "two objects: a large red circle at the top left and a small blue square
+    at the bottom right." (the style and background are nuisance, so they are not mentioned)."""
+    n = len(scene.objects)
+    phrases = [f"a {o.size} {o.color} {o.shape} {o.where}" for o in scene.objects]
+    return f"{NUMBER_WORDS[n]} object{'s' if n > 1 else ''}: {_join(phrases)}."
+
+
+def _refer(scene: Scene, obj: Obj) -> str | None:
+    """"the red circle", or "the small red circle" where that is needed to pick out ``obj`` alone; None
+    for a twin (naming its cell would give away "where" and relation answers). Color and shape are always
+    named, so a held-out combination has to be bound to be found."""
+    same = [o for o in scene.objects if (o.color, o.shape) == (obj.color, obj.shape)]
+    if len(same) == 1:
+        return f"the {obj.label}"
+    if sum(o.size == obj.size for o in same) == 1:
+        return f"the {obj.size} {obj.label}"
+    return None
+
+
+_RELATIONS = {"left of": lambda a, b: a.col < b.col, "right of": lambda a, b: a.col > b.col,
+              "above": lambda a, b: a.row < b.row, "below": lambda a, b: a.row > b.row}
+
+# The answer set of each answer kind: VQA candidates are drawn from the question's own kind.
+ANSWERS = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES, "count": NUMBER_WORDS,
+           "yesno": ("yes", "no"), "position": POSITIONS}
+
+
+@dataclass(frozen=True)
+class _Question:
+    kind: str  # question type, for variety within a dialogue
+    answers: str  # key of ANSWERS
+    turn: Turn
+    about: frozenset[int]  # indices of the objects the answer depends on
+
+
+def _questions(scene: Scene) -> list[_Question]:
+    """Every question ShapesWorld asks about the scene, with its exact answer."""
+    objs = scene.objects
+    yes = {True: "yes", False: "no"}
+    out = []
+
+    def add(kind, answers, question, answer, about=()):
+        out.append(_Question(kind, answers, Turn(question, answer), frozenset(about)))
+
+    for i, o in enumerate(objs):
+        for attribute in ("color", "shape", "size"):
+            add(f"{attribute} at", attribute, f"What {attribute} is the object {o.where}?", getattr(o, attribute), [i])
+        if _refer(scene, o):
+            add("where", "position", f"Where is {_refer(scene, o)}?", o.position, [i])
+    occupied = {(o.row, o.col) for o in objs}
+    for r in range(3):
+        for c in range(3):
+            where = "in the center" if (r, c) == (1, 1) else f"at the {_position_name(r, c)}"
+            add("occupied", "yesno", f"Is there an object {where}?", yes[(r, c) in occupied])
+    add("count", "count", "How many objects are there?", NUMBER_WORDS[len(objs)], range(len(objs)))
+    for color in COLORS:
+        about = [i for i, o in enumerate(objs) if o.color == color]
+        add("count color", "count", f"How many {color} objects are there?", NUMBER_WORDS[len(about)], about)
+        if len(about) == 1:
+            add("shape of", "shape", f"What shape is the {color} object?", objs[about[0]].shape, about)
+    for shape in SHAPES:
+        about = [i for i, o in enumerate(objs) if o.shape == shape]
+        add("count shape", "count", f"How many {PLURALS[shape]} are there?", NUMBER_WORDS[len(about)], about)
+        if len(about) == 1:
+            add("color of", "color", f"What color is the {shape}?", objs[about[0]].color, about)
+    for i, a in enumerate(objs):
+        for j, b in enumerate(objs):
+            if i != j and _refer(scene, a) and _refer(scene, b):
+                for name, holds in _RELATIONS.items():
+                    add("relation", "yesno", f"Is {_refer(scene, a)} {name} {_refer(scene, b)}?",
+                        yes[holds(a, b)], [i, j])
+    present = {(o.color, o.shape) for o in objs}
+    for color in COLORS:
+        for shape in SHAPES:
+            # Absent held-out combinations are never named, so training text never mentions them.
+            if (color, shape) in present or (color, shape) not in HELDOUT_COMBOS:
+                about = [i for i, o in enumerate(objs) if (o.color, o.shape) == (color, shape)]
+                article = "an" if color[0] in "aeiou" else "a"
+                add("exists", "yesno", f"Is there {article} {color} {shape}?", yes[bool(about)], about)
+    return out
+
+
+_TEMPLATE_RULES = (
+    (re.compile(r"\b(" + "|".join(PLURALS.values()) + r")\b"), "{shapes}"),
+    (re.compile(r"\b(?:(?:small|large) )?(?:" + "|".join(COLORS) + ") (?:" + "|".join(SHAPES) + r")\b"), "{object}"),
+    (re.compile(r"\b(?:an?) \{object\}"), "a {object}"),
+    (re.compile(r"\b(" + "|".join(COLORS) + r")\b"), "{color}"),
+    (re.compile(r"\b(" + "|".join(SHAPES) + r")\b"), "{shape}"),
+    (re.compile(r"in the center|at the (?:" + "|".join(p for p in POSITIONS if p != "center") + ")"), "{place}"),
+    (re.compile(r"\b(?:" + "|".join(_RELATIONS) + r")\b"), "{relation}"),
+)
+
+
+def question_template(question: str) -> str:
+    """A question's type: its colours, shapes, objects, places and relations replaced by placeholders,
+    e.g. "What color is the object at the top left?" -> "What color is the object {place}?"."""
+    for pattern, placeholder in _TEMPLATE_RULES:
+        question = pattern.sub(placeholder, question)
+    return question
+
+
+def _pick_question(rng, questions: list[_Question]) -> _Question:
+    """A question type first, then a question of it: otherwise the many yes/no variants would dominate."""
+    kinds = sorted({q.kind for q in questions})
+    kind = _pick(rng, kinds)
+    return _pick(rng, [q for q in questions if q.kind == kind])
+
+
+def qa_dialogue(scene: Scene, rng: np.random.Generator, n_turns: int) -> tuple[Turn, ...]:
+    """``n_turns`` distinct questions with exact one- or two-word answers, of as many types as possible."""
+    by_kind: dict[str, list[Turn]] = {}
+    for q in _questions(scene):
+        by_kind.setdefault(q.kind, []).append(q.turn)
+    if n_turns > sum(len(t) for t in by_kind.values()):
+        raise ValueError(f"cannot ask {n_turns} distinct questions about this scene")
+    names = sorted(by_kind)
+    kinds = [names[int(i)] for i in rng.permutation(len(names))]
+    turns: list[Turn] = []
+    while len(turns) < n_turns:
+        for kind in kinds:
+            unused = [t for t in by_kind[kind] if t not in turns]
+            if unused and len(turns) < n_turns:
+                turns.append(_pick(rng, unused))
+    return tuple(turns)
+
+
+_IMAGE = f"{IMAGE_PLACEHOLDER}\n"  # MMEB writes the placeholder then a newline before the instruction
+CLASSIFY = f"{_IMAGE}Represent the given image for classification"
+COUNT = f"{_IMAGE}Identify the number of objects shown in the image"
+VQA = f"{_IMAGE}Represent the given image with the following question: "
+T2I = "Find me an image that matches the given caption: "
+I2T = f"{_IMAGE}Find an image caption describing the given image."
+GROUND = f"{_IMAGE}Select the portion of the image that isolates the object labeled as"
+IMAGE_TARGET = f"{_IMAGE}Represent the given image."
+CROP_TARGET = f"{_IMAGE}Represent the given cropped image of the object"
+DESCRIBE = "Describe the image in detail."
+
+COUNT_LABELS = NUMBER_WORDS[1:]
+OBJECT_LABELS = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
+
+
+def text_corpus(seed: int = 0, n: int = 2000) -> list[str]:
+    """Texts covering every word ShapesWorld writes (instructions, labels, descriptions, questions and
+    answers), to train the tiny model's tokenizer. The fixed coverage texts come first, then random
+    scenes' descriptions and QA turns up to ``n`` texts in all."""
+    texts = [CLASSIFY, COUNT, VQA, T2I, I2T, GROUND, IMAGE_TARGET, CROP_TARGET, DESCRIBE,
+             " ".join(COUNT_LABELS), ", ".join(OBJECT_LABELS), " ".join(SIZES), ", ".join(POSITIONS),
+             " ".join(PLURALS.values()), " ".join(NUMBER_WORDS), "yes no"]
+    rng = np.random.default_rng([seed, zlib.crc32(b"text_corpus")])
+    while len(texts) < n:
+        scene = sample_scene(rng, style=_pick(rng, STYLES), allow_heldout=True)
+        texts.append(describe(scene))
+        by_kind: dict[str, list[Turn]] = {}
+        for q in _questions(scene):
+            by_kind.setdefault(q.kind, []).append(q.turn)
+        for kind in sorted(by_kind):
+            turn = _pick(rng, by_kind[kind])
+            texts.append(f"{turn.question} {turn.answer}")
+    return texts[:n]

@@ -1,0 +1,55 @@
+"""Pictures for the lessons: the stage-1 attention mask, training curves, similarity matrices, embedding
+spaces, retrieval galleries, benchmark bars and an interactive neighbour explorer.
+
+Every plotting function takes plain numpy arrays or lists (never a model object), returns the matplotlib
+``Figure`` and, given ``save_to``, also writes it to that file (a PNG unless the suffix names another
+format), so a notebook both shows the plot and keeps a copy next to the run's other outputs.
+
+The figures are made with ``pyplot``, so a notebook shows them at the end of the cell; end the call with
+``;`` (or assign the result) to avoid a second copy from the cell's return value.
+
+What is where (import everything from ``comalite.viz`` itself):
+
+- ``style``: the save resolution ``SAVE_DPI``, the colours and markers, and saving a figure.
+- ``attention_mask``: :func:`plot_attention_mask` and :func:`role_segments` (runs of equal roles).
+- ``figures``: :func:`plot_loss_curves` with :func:`ema_smooth`, :func:`plot_similarity_matrix`,
+  :func:`plot_results_bars`.
+- ``space``: :func:`project_2d` (PCA or UMAP) and :func:`plot_embedding_space`.
+- ``gallery``: :func:`top_k`, :func:`plot_retrieval_gallery` and :func:`neighbour_explorer`.
+"""
+from .attention_mask import plot_attention_mask, role_segments
+from .figures import ema_smooth, plot_loss_curves, plot_results_bars, plot_similarity_matrix
+from .gallery import neighbour_explorer, plot_retrieval_gallery, top_k
+from .space import plot_embedding_space, project_2d
+from .style import (
+    CORRECT_COLOUR,
+    DIAGONAL_COLOUR,
+    EXTRA_COLOURS,
+    MASK_ALLOWED_COLOUR,
+    MASK_BLOCKED_COLOUR,
+    MODALITY_MARKERS,
+    ROLE_COLOURS,
+    SAVE_DPI,
+)
+
+__all__ = [
+    "CORRECT_COLOUR",
+    "DIAGONAL_COLOUR",
+    "EXTRA_COLOURS",
+    "MASK_ALLOWED_COLOUR",
+    "MASK_BLOCKED_COLOUR",
+    "MODALITY_MARKERS",
+    "ROLE_COLOURS",
+    "SAVE_DPI",
+    "ema_smooth",
+    "neighbour_explorer",
+    "plot_attention_mask",
+    "plot_embedding_space",
+    "plot_loss_curves",
+    "plot_results_bars",
+    "plot_retrieval_gallery",
+    "plot_similarity_matrix",
+    "project_2d",
+    "role_segments",
+    "top_k",
+]

@@ -1,0 +1,44 @@
+"""What every plot of :mod:`comalite.viz` shares: the resolution and colours it uses and how it saves.
+
+The other modules import from here and never the other way round.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+SAVE_DPI = 120
+"""Resolution of saved figures: sharp enough for docs, small enough to keep next to every run."""
+
+MASK_ALLOWED_COLOUR = "#1f2a44"
+MASK_BLOCKED_COLOUR = "#f0f0f0"
+CORRECT_COLOUR = "#2ca02c"
+DIAGONAL_COLOUR = "#d62728"
+
+ROLE_COLOURS = {
+    "image": "#6baed6",
+    "prompt": "#fdae6b",
+    "instruction": "#fee391",
+    "text": "#fdd0a2",
+    "system": "#bcbddc",
+    "compress": "#e6550d",
+    "question": "#74c476",
+    "answer": "#9e9ac8",
+    "pad": "#d9d9d9",
+}
+"""Band colour of each segment role in the attention-mask plot; other roles get ``EXTRA_COLOURS``."""
+
+EXTRA_COLOURS = ("#fd8d3c", "#41b6c4", "#f768a1", "#addd8e", "#a1d99b", "#c994c7", "#fec44f")
+
+MODALITY_MARKERS = ("o", "^", "s", "D", "P", "X")
+"""Scatter markers given to modalities in order of appearance (e.g. query = circle, target = triangle)."""
+
+
+def save(fig: Figure, save_to: str | Path | None) -> None:
+    """Write ``fig`` to ``save_to`` (parent folders created); do nothing when it is ``None``."""
+    if save_to is None:
+        return
+    path = Path(save_to)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=SAVE_DPI, bbox_inches="tight")
