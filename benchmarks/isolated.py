@@ -12,8 +12,21 @@ import traceback
 from typing import Callable
 
 PRELOAD = ["torch", "transformers", "peft", "bitsandbytes", "transformers.models.qwen2_vl.modeling_qwen2_vl",
-           "comalite.backbone", "comalite.embedding", "comalite.gradcache", "comalite.loss", "comalite.datasets",
-           "comalite.stage1", "comalite.objective"]
+           "comalite.backbone", "comalite.embedding", "comalite.gradcache", "comalite.loss", "comalite.data.sources",
+           "comalite.stage1", "comalite.stage2", "comalite.objective"]
+
+
+# bitsandbytes initialises CUDA when imported (it reads every GPU's compute capability), and a process forked
+# from one that has initialised CUDA cannot use it ("Cannot re-initialize CUDA in forked subprocess"). For a
+# GPU run the forkserver therefore preloads only what leaves CUDA alone; the workers import the rest.
+CUDA_SAFE_PRELOAD = ["torch", "transformers", "transformers.models.qwen2_vl.modeling_qwen2_vl"]
+
+
+def _preload(device: str) -> list[str]:
+    import torch
+
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return CUDA_SAFE_PRELOAD if cuda else PRELOAD
 
 
 MEMORY_UNITS = {"peak_rss": "peak RSS", "cuda_max_allocated": "CUDA max allocated"}  # the "memory" field, in words
@@ -37,7 +50,7 @@ def run_isolated(measure: Callable[[dict], dict], spec: dict, label: dict, timeo
     """``measure(spec)`` in a fresh process; on failure, ``label`` plus the error. ``measure`` must be a
     module-level function (it is pickled by reference)."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    ctx.set_forkserver_preload(_preload(spec.get("device", "auto")))
     receive, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_worker, args=(measure, spec, label, send))
     proc.start()

@@ -27,13 +27,16 @@ import torch
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .compression import CompressionTokens
 from .config import ModelConfig
+from .data.io import load_image
 from .errors import CheckpointError
 from .mask import additive_mask
 from .paths import data_dir
 from .processor import VLProcessor
+from .vision_cache import shared_cache
 from .fingerprint import files_fingerprint
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,10 @@ MODEL_CLASSES = {
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    """``auto``: this process's GPU (under ``torchrun``, the one of its local rank) if there is one, else the CPU."""
+    if name != "auto":
+        return torch.device(name)
+    return torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -214,15 +220,36 @@ class Backbone:
         position_ids, _ = self.hf.model.get_rope_index(ids, mm_token_type_ids=mm_types, image_grid_thw=grid,
                                                        attention_mask=pad_mask)
         mask = pad_mask if allowed is None else additive_mask(allowed.to(dev), self.dtype)
-        encoded = {}
-        if batch.get("pixel_values") is not None:
-            vision_trains = any(p.requires_grad for p in self.visual.parameters())
-            with torch.set_grad_enabled(torch.is_grad_enabled() and vision_trains):
-                encoded["image"] = self.hf.model.get_image_features(batch["pixel_values"].to(dev, self.dtype), grid,
-                                                                    return_dict=True)
+        encoded = {"image": BaseModelOutputWithPooling(pooler_output=self.image_tokens(batch))} if "images" in batch else {}
         out = self.hf.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, image_grid_thw=grid,
                             mm_token_type_ids=mm_types, mm_encoder_outputs=encoded, use_cache=False)
         return out.last_hidden_state
+
+    def image_tokens(self, batch: dict) -> list[torch.Tensor]:
+        """The merged image tokens the language model reads, (n_tokens, H) per image of a collated batch.
+
+        A frozen vision tower runs without autograd (no backward ever goes through it) and, when the processor
+        has a ``VisionCache``, once per image: cached images are looked up, the others encoded and cached.
+        """
+        grids, paths, pixels = batch["image_grid_thw"], batch["images"], batch["image_pixels"]
+        trains = any(p.requires_grad for p in self.visual.parameters())
+        cache = None if trains else self.processor.vision_cache
+        tokens: list[torch.Tensor | None] = [None] * len(paths)
+        if cache is not None:
+            tokens = [hit[1] if (hit := cache.get(path)) is not None else None for path in paths]
+        todo = [i for i, t in enumerate(tokens) if t is None]
+        if todo:
+            # An image cached when its example was built may have been evicted since: encode it again.
+            patches = [pixels[i] if pixels[i] is not None else self.processor.encode_image(load_image(paths[i]))[0]
+                       for i in todo]
+            with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
+                out = self.hf.model.get_image_features(torch.cat(patches).to(self.device, self.dtype),
+                                                       grids[todo].to(self.device), return_dict=True)
+            for i, t in zip(todo, out.pooler_output):
+                tokens[i] = t
+                if cache is not None:
+                    cache.put(paths[i], grids[i], t)
+        return tokens
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Every parameter that trains, by name (the trainable adapter and the compression rows)."""
@@ -276,8 +303,10 @@ def load_backbone(cfg: ModelConfig, *, adapters: list[tuple[str, str | Path]] = 
     except OSError as err:
         raise _offline_error(cfg.backbone, err) from err
     if hf_config.model_type not in MODEL_CLASSES:
-        raise ValueError(f"{cfg.backbone} is a '{hf_config.model_type}' model; comalite supports "
-                         f"{', '.join(MODEL_CLASSES)} (Qwen2-VL and Qwen2.5-VL)")
+        raise CheckpointError(f"{cfg.backbone} is a '{hf_config.model_type}' model; comalite supports "
+                              f"{', '.join(MODEL_CLASSES)} (Qwen2-VL and Qwen2.5-VL)")
+    vision_identity = f"{checkpoint_fingerprint(cfg.backbone)}|{cfg.min_pixels}|{cfg.max_pixels}|{dtype}|{device}"
+    processor.vision_cache = shared_cache(vision_identity, cfg.vision_cache_mb)
     model_class = getattr(transformers, MODEL_CLASSES[hf_config.model_type])
     kwargs = {"dtype": dtype, "attn_implementation": cfg.attn_implementation, "device_map": {"": str(device)}}
     if cfg.quantization == "nf4":

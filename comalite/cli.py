@@ -22,13 +22,29 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .config import load_config, preset_names
-from .errors import ComaliteError
+from .errors import ComaliteError, DataFormatError
 
 
 def _config(args):
     return load_config(args.preset, args.set)
+
+
+def _writable_folder(folder: Path) -> Path:
+    """``folder``, created if missing; a ComaliteError naming it when it cannot be written. Commands call
+    it before loading a model, so a bad output path costs no work."""
+    try:
+        if folder.is_file():
+            raise NotADirectoryError(20, "a file, not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as err:
+        raise ComaliteError(f"cannot write into the output folder {folder} ({err.strerror}): choose a writable "
+                            "one (for runs: --set out_dir=... or COMALITE_HOME)") from None
+    return folder
 
 
 def _pipeline():
@@ -57,7 +73,7 @@ def cmd_check_data(args) -> None:
     from .data.check import check_folder
 
     rows = check_folder(args.folder, image_root=args.images)
-    print(f"| dataset | kind | rows | distinct images | candidates per query | problem |\n|---|---|---:|---:|---|---|")
+    print("| dataset | kind | rows | distinct images | candidates per query | problem |\n|---|---|---:|---:|---|---|")
     for r in rows:
         print(f"| {r['dataset']} | {r['kind']} | {r['rows']} | {r['images']} | {r['candidates']} | {r['problem'] or 'ok'} |")
     bad = [r for r in rows if r["problem"]]
@@ -73,7 +89,10 @@ def cmd_build_tiny(args) -> None:
 
 
 def cmd_stage(args) -> None:
-    folder = _pipeline().ensure_stage(_config(args), args.command, overwrite=args.overwrite)
+    cfg = _config(args)
+    # `stage2 --set stage2.init=backbone` is the contrastive-only baseline (its own folder), not CoMa's stage 2.
+    stage = "contrastive_only" if args.command == "stage2" and cfg.stage2.init == "backbone" else args.command
+    folder = _pipeline().ensure_stage(cfg, stage, overwrite=args.overwrite)
     from .result import read_result
 
     print(json.dumps(read_result(folder)["metrics"], indent=2))
@@ -83,6 +102,7 @@ def cmd_eval(args) -> None:
     from .eval import format_table
 
     cfg = _config(args)
+    _writable_folder(cfg.run_dir() / "eval")
     results = _pipeline().evaluate_models(cfg, [m for m in args.models.split(",") if m])
     print(format_table(results))
     print(f"saved {cfg.run_dir() / 'eval' / 'results.json'} and results.md")
@@ -97,9 +117,23 @@ def cmd_demo(args) -> None:
     print(f"results, checkpoints and plots under {cfg.run_dir()}")
 
 
+def cmd_experiment(args) -> None:
+    from .experiment import run_experiment
+
+    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    out = args.out or _config(args).run_dir() / "report"
+    run_experiment(args.preset, tuple(args.set), Path(out), parts=tuple(args.parts.split(",")), seeds=ints(args.seeds),
+                   budgets=ints(args.budgets))
+    print((Path(out) / "results.md").read_text())
+
+
 def cmd_stage1_data(args) -> None:
     from .data.dialogues import build_stage1_data
 
+    if not Path(args.images).is_dir():
+        raise DataFormatError(f"--images {args.images}: no such folder. Give the folder of images (searched "
+                              "recursively).")
+    _writable_folder(Path(args.out).absolute().parent)
     n = build_stage1_data(_config(args), images=args.images, out=args.out, generator=args.generator,
                           limit=args.limit)
     print(f"wrote {n} dialogues to {args.out}")
@@ -137,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--models", default="base,stage1,contrastive_only,stage2",
         help="comma-separated: base, stage1, stage2, contrastive_only, or result folders")
     add("demo", cmd_demo, "the whole recipe on the preset (default: tiny)", overwrite=True)
+    p = add("experiment", cmd_experiment, "does compression help? arms x budgets x seeds, with a report")
+    p.add_argument("--parts", default="budget,transfer,ablations,compute",
+                   help="comma-separated: budget, transfer, ablations, compute")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--budgets", default="", help="stage-2 steps, comma-separated (the preset's steps always run)")
+    p.add_argument("--out", default="", help="folder for results.json, results.md, budget_curve.png "
+                                            "(default: <run folder>/report)")
     p = add("stage1-data", cmd_stage1_data, "write stage-1 QA dialogues for a folder of real images")
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="output jsonl")
@@ -147,7 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    writer = True
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # under torchrun (torch loads here only then: `config` stays instant)
+        from .distributed import init_from_env, is_writer
+
+        init_from_env()
+        writer = is_writer()
+        if not writer:  # rank 0 alone prints results
+            sys.stdout = open(os.devnull, "w")
+    logging.basicConfig(level=logging.INFO if writer else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "transformers", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -11,6 +11,7 @@ whole by ``Config.validate`` (choices, ranges, divisibility), so a bad setting f
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -38,6 +39,7 @@ class ModelConfig:
     attn_implementation: str = "sdpa"  # "sdpa" or "eager"; the 4D compression mask works with both
     max_pixels: int = 28 * 28 * 256   # caps LLM tokens per image (one per 28x28 pixels)
     min_pixels: int = 28 * 28 * 4
+    vision_cache_mb: int = 0          # keep the frozen ViT's tokens per image in memory (comalite.vision_cache)
 
 
 @dataclass
@@ -172,19 +174,24 @@ class Config:
         return self
 
 
-def _update(obj, values: dict, where: str) -> None:
-    """Set dataclass fields from a nested dict, refusing unknown keys (a typo must not pass silently)."""
+def _update(obj, values: dict, source: str, section: str = "") -> None:
+    """Set dataclass fields from a nested dict, refusing unknown keys (a typo must not pass silently).
+    Messages name the setting as ``<source> <section.field>`` (source: a preset file or ``--set``)."""
     names = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in values.items():
+        where = f"{source} {section}{key}"
         if key not in names:
-            raise ConfigError(f"{where}: unknown setting '{key}'; known: {', '.join(sorted(names))}")
+            close = difflib.get_close_matches(str(key), list(names), n=1)
+            hint = f" (did you mean '{section}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown setting{hint}; known in {section.rstrip('.') or 'the top level'}: "
+                              f"{', '.join(sorted(names))}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{key} is a section; give a mapping, not {value!r}")
-            _update(current, value, f"{where}.{key}")
+                raise ConfigError(f"{where} is a section; give a mapping, not {value!r}")
+            _update(current, value, source, f"{section}{key}.")
         else:
-            setattr(obj, key, _coerce(value, current, f"{where}.{key}"))
+            setattr(obj, key, _coerce(value, current, where))
 
 
 def _coerce(value, current, where: str):

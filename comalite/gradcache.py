@@ -11,7 +11,8 @@ independent micro-batch losses. GradCache splits the *encoder* work instead, in 
    draws the very same masks, and call ``embedding.backward(cached_grad)``. By the chain rule, the
    parameter gradients accumulated over the chunks equal those of one backward through the full batch.
 
-Memory is that of one chunk plus B x D embeddings; the price is a second forward per chunk.
+Memory is that of one chunk plus B x D embeddings; the price is a second forward per chunk. When one chunk
+holds each group whole there is nothing to split, and the step is the plain full-batch step.
 
 Why plain gradient accumulation is NOT the same thing: it computes a separate loss per micro-batch, so
 each query only competes with the targets of its own micro-batch. The pool of negatives shrinks from B to
@@ -75,6 +76,9 @@ def gradcache_step(
     The returned loss is detached, and equal to the one-pass loss.
     """
     groups = _groups(query_chunks, target_chunks, extra_chunks)
+    if all(len(group) == 1 for group in groups):
+        # One chunk holds each group whole: pass 1 would only repeat pass 2's forward. Same result, one pass.
+        return full_batch_step(encode, query_chunks, target_chunks, loss_fn, extra_chunks=extra_chunks)
 
     # Pass 1: embeddings only, remembering the random state each chunk started from.
     states: list[list[tuple]] = []

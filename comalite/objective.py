@@ -3,7 +3,7 @@
 ``lm_loss`` computes the LM head only at supervised positions: on the real model the vocabulary has
 151,936 entries, and full-sequence logits would be the largest activation of the whole step.
 
-``train_lm`` is the next-token training loop of stages 0 and 1.
+``lm_step`` is one optimizer step's forward and backward of stages 0 and 1; ``train_lm`` runs it in the loop.
 
 ``answer_accuracy`` scores teacher-forced exact match: an answer counts as right when the argmax at each of
 its tokens (its closing ``<|im_end|>`` included) is the true token. That is exactly "greedy decoding
@@ -11,6 +11,8 @@ would produce this answer", without running a decoding loop.
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from .backbone import Backbone
 from .batching import batch_indices
 from .config import Stage1Config, TrainConfig
+from .distributed import local_share, seed_chunk
 from .mask import attention_allowed
 from .records import Dialogue
 from .sequence import ANSWER, Example, collate, dialogue_examples, supervised_positions
@@ -78,7 +81,7 @@ def without_last_answer(example: Example) -> tuple[Example, list[int]]:
     end = len(example.roles)
     while end and example.roles[end - 1] == ANSWER:
         end -= 1
-    prompt = Example(example.input_ids[:end], example.roles[:end], example.pixel_values, example.image_grid_thw)
+    prompt = dataclasses.replace(example, input_ids=example.input_ids[:end], roles=example.roles[:end])
     return prompt, example.input_ids[end:]
 
 
@@ -95,7 +98,7 @@ def generate_answer(backbone: Backbone, example: Example, *, compression_mask: b
     ids, roles = list(example.input_ids), list(example.roles)
     new: list[int] = []
     for _ in range(max_new_tokens):
-        ex = Example(ids + new, roles + [ANSWER] * len(new), example.pixel_values, example.image_grid_thw)
+        ex = dataclasses.replace(example, input_ids=ids + new, roles=roles + [ANSWER] * len(new))
         batch = collate([ex], processor.tokenizer.pad_token_id)
         hidden = _forward(backbone, batch, compression_mask)
         token = int(backbone.lm_head(hidden[0, -1]).argmax())
@@ -105,33 +108,45 @@ def generate_answer(backbone: Backbone, example: Example, *, compression_mask: b
     return processor.tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
-def train_lm(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig, out_dir: Path, *,
-             compression_mask: bool, supervise: str, with_compression: bool, stage1_cfg: Stage1Config,
-             desc: str = "stage 1", fingerprint: str = "", stop_at: int | None = None) -> list[dict]:
-    """Next-token training on dialogues (stage 0 and stage 1 both call this); returns the loss history.
+def lm_step(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig, *, compression_mask: bool,
+            supervise: str, with_compression: bool, stage1_cfg: Stage1Config) -> Callable[[int], float]:
+    """``step_fn(step) -> loss``: the forward and backward passes of one optimizer step of next-token training.
 
-    Each optimizer step takes ``train.batch_size`` dialogues (``batching.batch_indices``), in
-    ``train.grad_accum`` micro-batches whose losses are averaged. ``fingerprint`` identifies the run in
-    its checkpoints (``comalite.trainer.Trainer``).
+    Each step takes ``train.batch_size`` dialogues (``batching.batch_indices``), in ``train.grad_accum``
+    micro-batches whose losses are averaged; under ``torch.distributed`` each process takes its share of the
+    micro-batches (``grad_accum`` must be a multiple of the processes). Dropout is seeded per micro-batch, so
+    any number of processes computes the same update.
     """
-    seed_everything(train.seed)
     pad_id = backbone.processor.tokenizer.pad_token_id
     micro = max(1, train.grad_accum)
     if train.batch_size % micro:
         raise ValueError(f"batch_size {train.batch_size} is not divisible by grad_accum {micro}")
+    mine = local_share(list(range(micro)), "grad_accum (micro-batches per step)")
 
     def step_fn(step: int) -> float:
         backbone.train()
-        idx = batch_indices(step, train.batch_size, len(dialogues), train.seed)
+        micro_batches = np.array_split(np.array(batch_indices(step, train.batch_size, len(dialogues), train.seed)), micro)
         total = 0.0
-        for chunk in np.array_split(np.array(idx), micro):
-            examples = dialogue_examples(backbone.processor, [dialogues[i] for i in chunk], stage1_cfg,
+        for k in mine:
+            seed_chunk(train.seed, step, k)
+            examples = dialogue_examples(backbone.processor, [dialogues[i] for i in micro_batches[k]], stage1_cfg,
                                          with_compression=with_compression)
             loss = lm_loss(backbone, collate(examples, pad_id), compression_mask=compression_mask,
-                           supervise=supervise) / micro
+                           supervise=supervise) / len(mine)
             loss.backward()
             total += loss.item()
         return total
 
+    return step_fn
+
+
+def train_lm(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig, out_dir: Path, *,
+             compression_mask: bool, supervise: str, with_compression: bool, stage1_cfg: Stage1Config,
+             desc: str = "stage 1", fingerprint: str = "", stop_at: int | None = None) -> list[dict]:
+    """Next-token training on dialogues (stage 0 and stage 1 both call this): ``lm_step`` in the shared
+    ``Trainer``; returns the loss history. ``fingerprint`` identifies the run in its checkpoints."""
+    seed_everything(train.seed)
+    step_fn = lm_step(backbone, dialogues, train, compression_mask=compression_mask, supervise=supervise,
+                      with_compression=with_compression, stage1_cfg=stage1_cfg)
     trainer = Trainer(backbone.trainable_parameters(), train, out_dir, step_fn, desc=desc, fingerprint=fingerprint)
     return trainer.run(stop_at=stop_at)

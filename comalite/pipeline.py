@@ -12,6 +12,7 @@ Model names understood by ``embedding_model``: ``base`` (the backbone, untrained
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -19,7 +20,8 @@ from pathlib import Path
 
 from .backbone import load_backbone, resolve_checkpoint
 from .config import Config, load_config
-from .data.sources import ensure_data, eval_datasets
+from .data.sources import ensure_data, eval_datasets, train_pairs
+from .distributed import barrier, is_writer
 from .embedding import EmbeddingModel
 from .errors import CheckpointError, ConfigError
 from .eval import evaluate, get_dataset_info
@@ -71,14 +73,25 @@ def stage_config(cfg: Config, stage: str) -> Config:
     return dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, init=init))
 
 
+def prepare(cfg: Config) -> None:
+    """Build what comalite generates and is missing (ShapesWorld, the tiny checkpoint): once, by rank 0 when
+    several processes run. Real data is never demanded here: each step asks for the folders it reads."""
+    if is_writer():
+        if cfg.data.source == "shapesworld":
+            ensure_data(cfg)
+        ensure_backbone(cfg)
+    barrier()
+
+
 def ensure_stage(cfg: Config, stage: str, *, overwrite: bool = False) -> Path:
     """The finished result folder of ``stage`` for ``cfg``, running it (and what it needs) if missing."""
     cfg = stage_config(cfg, stage)
-    ensure_data(cfg)
-    ensure_backbone(cfg)
+    prepare(cfg)
+    ensure_data(cfg)  # training reads data.root: ask for it before anything else
     if stage == "stage1":
         return run_stage1(cfg, overwrite=overwrite)
     if stage == "stage2":
+        train_pairs(cfg)  # a bad training file is reported now, not after stage 1 has trained
         ensure_stage(cfg, "stage1")
     return run_stage2(cfg, overwrite=overwrite)
 
@@ -87,7 +100,7 @@ def embedding_model(cfg: Config, name: str) -> EmbeddingModel:
     """An embedding model by name (see module doc). Stages are made sure of first; a result folder brings
     its own pooling and model settings."""
     if name == "base":
-        ensure_backbone(cfg)
+        prepare(cfg)
         backbone = load_backbone(cfg.model, train_adapter=None, train_compression=False)
         return EmbeddingModel(backbone.eval(), "base", pooling=cfg.stage2.pooling, batch_size=cfg.eval.batch_size)
     folder = ensure_stage(cfg, name) if name in STAGES else Path(name)
@@ -97,11 +110,13 @@ def embedding_model(cfg: Config, name: str) -> EmbeddingModel:
 
 def evaluate_models(cfg: Config, names: list[str] | tuple[str, ...] = MODEL_NAMES) -> dict:
     """Evaluate the named models on the config's eval datasets; writes ``<run_dir>/eval/results.{json,md}``."""
+    prepare(cfg)
     datasets = [(get_dataset_info(d.name), d) for d in eval_datasets(cfg)]
     out = cfg.run_dir() / "eval"
     models = [embedding_model(cfg, name) for name in names]
-    return evaluate(models, datasets, out_dir=out, cache_dir=out / "cache", batch_size=cfg.eval.batch_size,
-                    limit=cfg.eval.max_queries or None, seed=cfg.eval.seed)
+    with run_lock(out) if is_writer() else contextlib.nullcontext():
+        return evaluate(models, datasets, out_dir=out, cache_dir=out / "cache", batch_size=cfg.eval.batch_size,
+                        limit=cfg.eval.max_queries or None, seed=cfg.eval.seed)
 
 
 def run_all(cfg: Config, *, overwrite: bool = False) -> dict:

@@ -14,6 +14,8 @@ from PIL import Image
 from transformers import AutoTokenizer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from .vision_cache import VisionCache
+
 VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
 
 
@@ -35,6 +37,7 @@ class VLProcessor:
         self.im_end_id = self.token_id("<|im_end|>")
         self.compress_ids: list[int] = []
         self.set_compression_tokens(n_compress)
+        self.vision_cache: VisionCache | None = None  # set by load_backbone when model.vision_cache_mb > 0
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, n_compress: int = 0, min_pixels: int | None = None,

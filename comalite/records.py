@@ -18,10 +18,14 @@ IMAGE_PLACEHOLDER = "<|image_1|>"
 
 @dataclass(frozen=True)
 class EmbedInput:
-    """One input to embed: ``text`` (may hold ``<|image_1|>``) and an optional image file path."""
+    """One input to embed: ``text`` (may hold ``<|image_1|>``) and an optional image file path.
+
+    ``origin`` says where a reader found it ("file, row i, field 'f'"), for error messages only: it takes
+    no part in equality, hashing or ``key()``."""
 
     text: str = ""
     image: str | None = None
+    origin: str = field(default="", compare=False, hash=False)
 
     def key(self) -> tuple[str, str]:
         """Identity used to encode each distinct input once (e.g. a class label shared by all queries)."""
@@ -65,12 +69,15 @@ class Turn:
 
 @dataclass(frozen=True)
 class Dialogue:
-    """A stage-1 (and stage-0) sample: an image path and/or a text to compress, then QA turns about it."""
+    """A stage-1 (and stage-0) sample: an image path and/or a text to compress, then QA turns about it.
+    ``origin`` ("file, line n") is where a reader found it, for error messages only, like ``meta`` not
+    compared."""
 
     turns: tuple[Turn, ...]
     image: str | None = None
     text: str = ""
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    origin: str = field(default="", compare=False, hash=False)
 
 
 META_TASKS = ("classification", "vqa", "retrieval", "grounding")

@@ -20,8 +20,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch.distributed as dist
-
 from .atomic import atomic_write_json
 from .backbone import checkpoint_fingerprint
 from .config import Config
@@ -29,7 +27,7 @@ from .data import sources
 from .errors import ComaliteError, RunConflictError, RunLockedError
 from .fingerprint import digest, files_fingerprint
 from .result import RESULT_FILE, weights_fingerprint
-from .trainer import distributed, is_writer
+from .distributed import barrier, is_writer
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -48,7 +46,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 def differences(old: dict, new: dict) -> list[str]:
     """``key: old -> new`` for every leaf that differs between two nested dicts."""
-    a, b = flatten(old), flatten(new)
+    a, b = (flatten(json.loads(json.dumps(r))) for r in (old, new))  # tuples and lists alike, as run.json stores them
     return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k)]
 
@@ -67,7 +65,8 @@ def claim(folder: str | Path, record: dict, *, overwrite: bool = False) -> None:
     """Make ``folder`` the home of the run ``record`` describes, or refuse (see the module docstring)."""
     folder = Path(folder)
     old = read_record(folder)
-    leftovers = [p for p in folder.iterdir() if p.name != LOCK_FILE] if folder.is_dir() else []
+    # A record alone (a run that failed before its first checkpoint) holds nothing to lose.
+    leftovers = [p for p in folder.iterdir() if p.name not in (LOCK_FILE, RUN_FILE)] if folder.is_dir() else []
     if old is not None and old["fingerprint"] == record["fingerprint"]:
         return
     if leftovers and not overwrite:
@@ -112,7 +111,7 @@ def run_lock(folder: str | Path):
         handle.close()
 
 
-BOOKKEEPING = ("device", "cpu_threads", "save_every", "log_every", "dialogues")
+BOOKKEEPING = ("device", "cpu_threads", "vision_cache_mb", "save_every", "log_every", "dialogues")
 """Settings that never change a result (where it runs, how often it saves; a data path, whose content is
 fingerprinted instead), left out of a run's record so they can change between a run and its resume."""
 
@@ -141,6 +140,5 @@ def open_run(folder: str | Path, record: dict, *, overwrite: bool = False):
     with run_lock(folder) if is_writer() else contextlib.nullcontext():
         if is_writer():
             claim(folder, record, overwrite=overwrite)
-        if distributed():
-            dist.barrier()
+        barrier()
         yield not (folder / RESULT_FILE).exists()

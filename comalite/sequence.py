@@ -33,22 +33,29 @@ ROLE_NAMES = {PAD: "pad", CONTEXT: "context", COMPRESS: "compress", QUESTION: "q
 
 @dataclass
 class Example:
-    """One tokenised sequence: ids, a role per id, and its image's patches (if any)."""
+    """One tokenised sequence: ids, a role per id, and its image (if any): its file, its grid (t, h, w) and its
+    patches (None when the processor's vision cache already holds the image's tokens)."""
 
     input_ids: list[int]
     roles: list[int]
     pixel_values: torch.Tensor | None = None
     image_grid_thw: torch.Tensor | None = None
+    image: str | None = None
 
     def add(self, ids: list[int], role: int) -> None:
         self.input_ids += ids
         self.roles += [role] * len(ids)
 
 
-def add_image(ex: Example, processor: VLProcessor, path: str) -> None:
-    """Append the vision span of the image at ``path`` (role context) and keep its patches."""
-    pixel_values, grid = processor.encode_image(load_image(path))
-    ex.pixel_values, ex.image_grid_thw = pixel_values, grid
+def add_image(ex: Example, processor: VLProcessor, path: str, origin: str = "") -> None:
+    """Append the vision span of the image at ``path`` (role context) and keep its patches. An unreadable
+    image raises DataFormatError naming the file and, given the input's ``origin``, the row that uses it."""
+    cached = processor.vision_cache.get(path) if processor.vision_cache is not None else None
+    if cached is not None:
+        pixel_values, grid = None, cached[0]
+    else:
+        pixel_values, grid = processor.encode_image(load_image(path, origin))
+    ex.pixel_values, ex.image_grid_thw, ex.image = pixel_values, grid, path
     ex.add(processor.image_span(grid), CONTEXT)
 
 
@@ -68,7 +75,7 @@ def embed_example(processor: VLProcessor, item: EmbedInput, *, with_compression:
     before, _, after = item.text.partition(IMAGE_PLACEHOLDER) if n_placeholders else ("", "", item.text)
     ex.add(processor.encode_text(before), CONTEXT)
     if item.image:
-        add_image(ex, processor, item.image)
+        add_image(ex, processor, item.image, item.origin)
     ex.add(processor.encode_text(after), CONTEXT)
     if with_compression:
         ex.add(processor.compress_ids, COMPRESS)
@@ -83,7 +90,7 @@ def dialogue_example(processor: VLProcessor, dialogue: Dialogue, *, prompt: str,
     ex = Example([], [])
     ex.add(processor.encode_text("<|im_start|>user\n"), CONTEXT)
     if dialogue.image:
-        add_image(ex, processor, dialogue.image)
+        add_image(ex, processor, dialogue.image, dialogue.origin)
         ex.add(processor.encode_text(prompt), CONTEXT)
     else:
         ex.add(processor.encode_text(dialogue.text + "\n" + text_prompt), CONTEXT)
@@ -111,7 +118,8 @@ def dialogue_examples(processor, dialogues: list[Dialogue], s1, *,
 
 
 def collate(examples: list[Example], pad_id: int, *, pad_side: str = "right") -> dict[str, torch.Tensor]:
-    """Pad a list of examples into a batch: ids, 2D attention mask, roles (PAD = -1), image tensors."""
+    """Pad a list of examples into a batch: ids, 2D attention mask, roles (PAD = -1), and per image (in
+    order): ``image_grid_thw`` (stacked), ``images`` (file paths) and ``image_pixels`` (patches or None)."""
     if pad_side not in ("left", "right"):
         raise ValueError(f"pad_side must be 'left' or 'right', not {pad_side!r}")
     length = max(len(ex.input_ids) for ex in examples)
@@ -123,10 +131,11 @@ def collate(examples: list[Example], pad_id: int, *, pad_side: str = "right") ->
         ids[b, span] = torch.tensor(ex.input_ids)
         roles[b, span] = torch.tensor(ex.roles)
     batch = {"input_ids": ids, "roles": roles, "attention_mask": (roles != PAD).long()}
-    with_images = [ex for ex in examples if ex.pixel_values is not None]
+    with_images = [ex for ex in examples if ex.image_grid_thw is not None]
     if with_images:
-        batch["pixel_values"] = torch.cat([ex.pixel_values for ex in with_images])
         batch["image_grid_thw"] = torch.stack([ex.image_grid_thw for ex in with_images])
+        batch["images"] = [ex.image for ex in with_images]
+        batch["image_pixels"] = [ex.pixel_values for ex in with_images]
     return batch
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from .backbone import Backbone, load_backbone
 from .config import Config
 from .data.sources import stage1_dialogues
+from .distributed import barrier, is_writer, world_size
 from .errors import ConfigError
 from .objective import answer_accuracy, train_lm
 from .result import write_result
@@ -43,6 +44,9 @@ def run_stage1(cfg: Config, *, overwrite: bool = False, stop_at: int | None = No
     if len(dialogues) <= s1.heldout:
         raise ConfigError(f"stage 1 needs more than stage1.heldout={s1.heldout} dialogues; "
                           f"{len(dialogues)} were found. Lower stage1.heldout or add dialogues.")
+    if s1.train.grad_accum % world_size():
+        raise ConfigError(f"stage1.train.grad_accum={s1.train.grad_accum} must be a multiple of the {world_size()} "
+                          "processes: each one takes whole micro-batches")
     record = stage_record(cfg, "stage1")
     with open_run(out, record, overwrite=overwrite) as todo:
         if not todo:
@@ -59,7 +63,10 @@ def run_stage1(cfg: Config, *, overwrite: bool = False, stop_at: int | None = No
         metrics = {"answer_accuracy_before": before["accuracy"], "answer_accuracy_after": after["accuracy"],
                    "answer_loss_before": before["loss"], "answer_loss_after": after["loss"],
                    "heldout_answers": after["answers"], "first_loss": history[0]["loss"],
-                   "last_loss": history[-1]["loss"], "steps": len(history), "summary": backbone.summary()}
+                   "last_loss": history[-1]["loss"], "steps": len(history),
+                   "train_seconds": sum(h["seconds"] for h in history), "summary": backbone.summary()}
         log.info("stage 1 done: %s", metrics)
-        return write_result(out, backbone, stage="stage1", settings=dataclasses.asdict(s1), metrics=metrics,
-                            run=record)
+        if is_writer():
+            write_result(out, backbone, stage="stage1", settings=dataclasses.asdict(s1), metrics=metrics, run=record)
+        barrier()
+        return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from .backbone import Backbone, load_backbone
 from .batching import SubBatchSampler
 from .config import Config
 from .data.sources import train_pairs
+from .distributed import barrier, is_writer, local_share, rank, seed_chunk, world_size
 from .embedding import encode
 from .errors import ConfigError
 from .gradcache import gradcache_step
@@ -48,36 +50,39 @@ def split_heldout(pairs: list[TrainPair], seed: int = 0) -> tuple[list[TrainPair
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 
 
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 @torch.no_grad()
 def inbatch_accuracy(backbone: Backbone, pairs: list[TrainPair], *, pooling: str = "mean",
-                     block: int = EVAL_BLOCK) -> dict:
+                     block: int = EVAL_BLOCK, batch_size: int = 64) -> dict:
     """Top-1 accuracy of each query retrieving its own target among the targets of its block of pairs
     (same subset, like training batches; blocks of ``block`` pairs, fewer where a subset holds fewer).
 
     Targets with the same content (a class label shared by several queries) are one target: retrieving
     any copy is right. Otherwise the argmax, which picks the first of equal vectors, would mark every
     later copy wrong and cap a perfect model far below 100 %. ``chance`` is the mean over queries of
-    (copies of its target) / block size."""
+    (copies of its target) / block size. Inputs are encoded ``batch_size`` at a time, whatever the blocks."""
     backbone.eval()
-    hits, chance, total = 0, 0.0, 0
     by_subset: dict[str, list[TrainPair]] = {}
     for pair in pairs:
         by_subset.setdefault(pair.subset, []).append(pair)
-    for group in by_subset.values():
-        for start in range(0, len(group), block):
-            chunk = group[start:start + block]
-            if len(chunk) < 2:
-                continue  # a query alone has nothing to be confused with
-            q = encode(backbone, [p.query for p in chunk], pooling)
-            t = encode(backbone, [p.positive for p in chunk], pooling)
-            keys = [p.positive.key() for p in chunk]
-            top = torch.argmax(q @ t.T, dim=1).tolist()
-            hits += sum(keys[j] == keys[i] for i, j in enumerate(top))
-            chance += sum(keys.count(k) / len(chunk) for k in keys)
-            total += len(chunk)
-    if not total:
+    # A query alone has nothing to be confused with: blocks of one are left out.
+    blocks = [b for group in by_subset.values() for b in _chunks(group, block) if len(b) >= 2]
+    if not blocks:
         raise ValueError("held-out retrieval needs at least 2 held-out pairs of one subset")
-    return {"accuracy": hits / total, "pairs": total, "chance": chance / total}
+    scored = [p for b in blocks for p in b]
+    q = torch.cat([encode(backbone, [p.query for p in c], pooling) for c in _chunks(scored, batch_size)])
+    t = torch.cat([encode(backbone, [p.positive for p in c], pooling) for c in _chunks(scored, batch_size)])
+    hits, chance, start = 0, 0.0, 0
+    for b in blocks:
+        keys = [p.positive.key() for p in b]
+        top = torch.argmax(q[start:start + len(b)] @ t[start:start + len(b)].T, dim=1).tolist()
+        hits += sum(keys[j] == keys[i] for i, j in enumerate(top))
+        chance += sum(keys.count(k) / len(b) for k in keys)
+        start += len(b)
+    return {"accuracy": hits / len(scored), "pairs": len(scored), "chance": chance / len(scored)}
 
 
 def load_stage2_backbone(cfg: Config) -> Backbone:
@@ -94,8 +99,55 @@ def stage2_dir(cfg: Config) -> Path:
     return cfg.run_dir() / ("stage2" if cfg.stage2.init == "stage1" else "contrastive_only")
 
 
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+def contrastive_step(backbone: Backbone, train: list[TrainPair], cfg: Config) -> Callable[[int], float]:
+    """``step_fn(step) -> loss``: the forward and backward passes of one optimizer step of stage 2.
+
+    The step's batch comes from same-subset sub-batches (``SubBatchSampler``), is encoded in GradCache chunks
+    and scored with InfoNCE. Under ``torch.distributed`` every process draws the same global batch, takes its
+    share (whole sub-batches), and the loss gathers every process's embeddings; dropout is seeded per chunk
+    from its place in the global batch, so any number of processes computes the same update.
+    """
+    s2, train_cfg = cfg.stage2, cfg.stage2.train
+    sampler = SubBatchSampler([p.subset for p in train], train_cfg.batch_size, s2.sub_batch_size or None,
+                              seed=train_cfg.seed)
+    loss_fn = InfoNCELoss(temperature=s2.temperature, symmetric=s2.symmetric, gather_across_devices=True)
+    first_chunk = rank() * -(-(train_cfg.batch_size // world_size()) // s2.chunk_size)  # this process's first chunk
+
+    def step_fn(step: int) -> float:
+        backbone.train()
+        sampler.seek(step)
+        batch = local_share([train[i] for i in next(iter(sampler))], "stage2.train.batch_size")
+
+        def chunks(group: int, items: list) -> list[tuple]:
+            return [(group, first_chunk + k, c) for k, c in enumerate(_chunks(items, s2.chunk_size))]
+
+        def encode_chunk(chunk: tuple) -> torch.Tensor:
+            group, index, items = chunk
+            seed_chunk(train_cfg.seed, step, group, index)
+            return encode(backbone, items, s2.pooling)
+
+        negatives = [p.negative for p in batch if p.negative is not None] if s2.hard_negatives else []
+        loss = gradcache_step(encode_chunk, chunks(0, [p.query for p in batch]), chunks(1, [p.positive for p in batch]),
+                              loss_fn, extra_chunks=chunks(2, negatives) if negatives else None)
+        return float(loss)
+
+    return step_fn
+
+
+def check_batches(cfg: Config, train: list[TrainPair]) -> None:
+    """Settings stage 2 cannot run with, found before any model loads: fewer pairs than one batch; under
+    ``torch.distributed`` a batch that does not split into whole same-subset sub-batches per process, or hard
+    negatives missing for some pair (the gathered pools must have one size on every process)."""
+    s2, n = cfg.stage2, world_size()
+    if len(train) < s2.train.batch_size:
+        raise ConfigError(f"{len(train)} training pairs cannot fill one batch of stage2.train.batch_size="
+                          f"{s2.train.batch_size}: lower it or add data")
+    share = s2.train.batch_size // n
+    if s2.train.batch_size % n or (s2.sub_batch_size and share % s2.sub_batch_size):
+        raise ConfigError(f"stage2.train.batch_size={s2.train.batch_size} must split over {n} processes into whole "
+                          f"sub-batches of stage2.sub_batch_size={s2.sub_batch_size}")
+    if n > 1 and s2.hard_negatives and any(p.negative is None for p in train):
+        raise ConfigError("stage2.hard_negatives with several processes needs a negative in every training row")
 
 
 def run_stage2(cfg: Config, *, overwrite: bool = False, stop_at: int | None = None) -> Path:
@@ -107,6 +159,7 @@ def run_stage2(cfg: Config, *, overwrite: bool = False, stop_at: int | None = No
     s2, train_cfg = cfg.stage2, cfg.stage2.train
     out = stage2_dir(cfg)
     train, heldout = split_heldout(train_pairs(cfg))
+    check_batches(cfg, train)
     record = stage_record(cfg, "stage2")
     with open_run(out, record, overwrite=overwrite) as todo:
         if not todo:
@@ -114,24 +167,7 @@ def run_stage2(cfg: Config, *, overwrite: bool = False, stop_at: int | None = No
         backbone = load_stage2_backbone(cfg)
         seed_everything(train_cfg.seed)
         before = inbatch_accuracy(backbone, heldout, pooling=s2.pooling)
-        sampler = SubBatchSampler([p.subset for p in train], train_cfg.batch_size, s2.sub_batch_size or None,
-                                  seed=train_cfg.seed)
-        if len(sampler) == 0:
-            raise ConfigError(f"{len(train)} training pairs cannot fill one batch of stage2.train.batch_size="
-                              f"{train_cfg.batch_size}: lower it or add data")
-        loss_fn = InfoNCELoss(temperature=s2.temperature, symmetric=s2.symmetric)
-
-        def step_fn(step: int) -> float:
-            backbone.train()
-            sampler.seek(step)
-            batch = [train[i] for i in next(iter(sampler))]
-            queries = _chunks([p.query for p in batch], s2.chunk_size)
-            targets = _chunks([p.positive for p in batch], s2.chunk_size)
-            negatives = [p.negative for p in batch if p.negative is not None] if s2.hard_negatives else []
-            loss = gradcache_step(lambda chunk: encode(backbone, chunk, s2.pooling), queries, targets, loss_fn,
-                                  extra_chunks=_chunks(negatives, s2.chunk_size) if negatives else None)
-            return float(loss)
-
+        step_fn = contrastive_step(backbone, train, cfg)
         desc = "stage 2" if s2.init == "stage1" else "contrastive only"
         history = Trainer(backbone.trainable_parameters(), train_cfg, out, step_fn, desc=desc,
                           fingerprint=record["fingerprint"]).run(stop_at=stop_at)
@@ -141,8 +177,11 @@ def run_stage2(cfg: Config, *, overwrite: bool = False, stop_at: int | None = No
         metrics = {"heldout_accuracy_before": before["accuracy"], "heldout_accuracy_after": after["accuracy"],
                    "heldout_pairs": after["pairs"], "chance": after["chance"], "first_loss": history[0]["loss"],
                    "last_loss": history[-1]["loss"], "steps": len(history), "train_pairs": len(train),
-                   "summary": backbone.summary()}
+                   "train_seconds": sum(h["seconds"] for h in history), "summary": backbone.summary()}
         log.info("stage 2 done: %s", metrics)
         inherited = cfg.run_dir() / "stage1" if s2.init == "stage1" else None
-        return write_result(out, backbone, stage="stage2", settings=dataclasses.asdict(s2), metrics=metrics,
-                            run=record, inherited=inherited)
+        if is_writer():
+            write_result(out, backbone, stage="stage2", settings=dataclasses.asdict(s2), metrics=metrics,
+                         run=record, inherited=inherited)
+        barrier()
+        return out

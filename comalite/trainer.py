@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +32,7 @@ import torch.distributed as dist
 
 from .atomic import atomic_write, atomic_write_json
 from .config import TrainConfig
+from .distributed import barrier, distributed, is_writer
 from .errors import NonFiniteLossError, RunConflictError
 from .progress import progress_bar
 
@@ -74,16 +76,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def distributed() -> bool:
-    """Whether this process is one of several ``torch.distributed`` ranks."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def is_writer() -> bool:
-    """Rank 0 (or the only process): the one that writes checkpoints and results."""
-    return not distributed() or dist.get_rank() == 0
-
-
 class Trainer:
     """Runs ``cfg.steps`` optimizer steps of ``step_fn`` over ``params``, checkpointing into ``out_dir``.
 
@@ -123,8 +115,7 @@ class Trainer:
                      "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
             atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
         self.saved_step = self.step
-        if distributed():
-            dist.barrier()
+        barrier()
 
     def load_checkpoint(self) -> bool:
         """Resume from ``checkpoint.pt`` if present; returns whether it did."""
@@ -148,10 +139,10 @@ class Trainer:
         log.info("resumed %s from %s at step %d", self.desc, self.checkpoint_path, self.step)
         return True
 
-    def _sync_gradients(self) -> None:
-        """Average the trainable parameters' gradients over ranks (no-op in a single process)."""
+    def _sync(self, loss: float) -> float:
+        """Average the trainable parameters' gradients, and the loss, over ranks (no-op in one process)."""
         if not distributed():
-            return
+            return loss
         params = list(self.params.values())
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
         dist.all_reduce(flat)
@@ -160,6 +151,9 @@ class Trainer:
         for p in params:
             p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
+        mean = torch.tensor([loss], dtype=torch.float64, device=flat.device)
+        dist.all_reduce(mean)
+        return float(mean) / dist.get_world_size()
 
     def _check(self, step: int, loss: float, grad_norm: float) -> None:
         """Stop on a NaN/inf loss or gradient, or a loss far above its recent mean; the checkpoint stays."""
@@ -186,10 +180,10 @@ class Trainer:
                            desc=self.desc)
         save_pending = False
         for step in bar:
+            start = time.perf_counter()
             rng = rng_state()  # what this step starts from: a checkpoint taken below resumes exactly here
             self.optimizer.zero_grad(set_to_none=True)
-            loss = float(self.step_fn(step))
-            self._sync_gradients()
+            loss = self._sync(float(self.step_fn(step)))
             grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.max_grad_norm))
             self._check(step, loss, grad_norm)
             if save_pending:  # the weights of the last save point just gave a healthy loss: keep them
@@ -198,7 +192,7 @@ class Trainer:
             self.scheduler.step()
             self.step = step + 1
             self.history.append({"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                                 "grad_norm": grad_norm})
+                                 "grad_norm": grad_norm, "seconds": time.perf_counter() - start})
             bar.set_postfix(loss=f"{loss:.4f}")
             if self.step % max(1, self.cfg.log_every) == 0:
                 log.info("%s step %d loss %.4f", self.desc, self.step, loss)

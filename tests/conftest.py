@@ -8,6 +8,7 @@ Qwen2-VL checkpoint; the shipped one is the demo's). One torch thread per proces
 from __future__ import annotations
 
 import atexit
+import importlib
 import os
 import shutil
 import tempfile
@@ -19,7 +20,8 @@ _HOME = Path(tempfile.mkdtemp(prefix="comalite-tests-"))
 if not os.environ.get("COMALITE_KEEP_TEST_HOME"):  # set it to inspect a session's runs afterwards
     atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["COMALITE_HOME"] = str(_HOME / "home")
-os.environ["COMALITE_DATA"] = str(_HOME / "data")
+# COMALITE_TEST_DATA: a data folder an earlier session built (smoke ShapesWorld + tiny VLM), to iterate faster.
+os.environ["COMALITE_DATA"] = os.environ.get("COMALITE_TEST_DATA") or str(_HOME / "data")
 os.environ["COMALITE_CPU_THREADS"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -29,6 +31,7 @@ os.environ.setdefault("MPLCONFIGDIR", str(_HOME / "mpl"))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 REPO_DIR = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO_DIR / "benchmarks"
 
 
 def make_config(*overrides: str, out: Path | None = None):
@@ -64,3 +67,10 @@ def data_root(tiny_home) -> Path:
 def tiny_config(tmp_path, tiny_home):
     """``tiny_config(*overrides)``: the tiny preset on the session data, writing into this test's tmp dir."""
     return lambda *overrides: make_config(*overrides, out=tmp_path / "run")
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """``bench(name)`` imports ``benchmarks/<name>.py`` (importable by the benchmarks' worker processes too)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module

@@ -1,12 +1,19 @@
-"""The eval command on a local folder laid out like MMEB-eval (real dataset names, real columns)."""
+"""The eval command on a local folder laid out like MMEB-eval (real dataset names, real columns), and an
+evaluation cache that never serves a retrained model's old embeddings."""
 from __future__ import annotations
 
 import json
+import shutil
 
+import numpy as np
+import pytest
 from PIL import Image
 
 from comalite.cli import main
+from comalite.config import load_config
 from comalite.data.io import write_eval_dataset
+from comalite.data.sources import eval_datasets
+from comalite.pipeline import embedding_model, ensure_stage, evaluate_models
 
 
 def _mmeb_eval_fixture(root):
@@ -30,13 +37,34 @@ def test_eval_command_scores_a_local_mmeb_eval_folder(tiny_home, tmp_path, capsy
     root = tmp_path / "MMEB-eval"
     _mmeb_eval_fixture(root)
     out = tmp_path / "run"
-    main(["eval", "--preset", "tiny", "--set", "model.backbone=tiny-smoke", "--set", f"out_dir={out}",
-          "--set", f"eval.root={root}", "--set", "eval.datasets=ImageNet-1K,MSCOCO_t2i", "--models", "base"])
+    sets = ["--set", "model.backbone=tiny-smoke", "--set", f"out_dir={out}", "--set", f"eval.root={root}",
+            "--set", "eval.datasets=ImageNet-1K,MSCOCO_t2i"]
+    main(["eval", "--preset", "tiny", *sets, "--models", "base"])
     printed = capsys.readouterr().out
     assert "ImageNet-1K" in printed and "MSCOCO_t2i" in printed
     results = json.loads((out / "eval" / "results.json").read_text())
-    assert set(results["scores"]["base"]) == {"ImageNet-1K", "MSCOCO_t2i"}
-    assert all(0.0 <= v <= 1.0 for v in results["scores"]["base"].values())
-    assert results["details"]["base"]["ImageNet-1K"]["n_queries"] == 3
     assert results["details"]["base"]["ImageNet-1K"]["n_distinct_candidates"] == 3  # the label set, once
     assert (out / "eval" / "results.md").exists()
+    # The scores are what the model's own embeddings give, computed here by hand: argmax over each
+    # query's candidates, the truth first (ties are impossible with these inputs).
+    cfg = load_config("tiny", [s for s in sets if s != "--set"])
+    model = embedding_model(cfg, "base")
+    for data in eval_datasets(cfg):
+        hits = [int(np.argmax(model.embed(list(q.candidates)) @ model.embed([q.query])[0]) == 0) for q in data.queries]
+        assert results["scores"]["base"][data.name] == pytest.approx(np.mean(hits))
+
+
+def test_an_evaluation_after_retraining_equals_one_with_an_empty_cache(tiny_config):
+    short = ["stage2.train.steps=3", "stage2.train.batch_size=8", "stage2.sub_batch_size=4", "stage2.chunk_size=8",
+             "eval.datasets=SW-Object,SW-T2I", "eval.max_queries=8"]
+    cfg = tiny_config(*short)
+    first = evaluate_models(cfg, ["contrastive_only"])
+    retrained = tiny_config(*short, "stage2.train.lr=0.01")
+    ensure_stage(retrained, "contrastive_only", overwrite=True)
+    again = evaluate_models(retrained, ["contrastive_only"])
+    assert again["fingerprints"] != first["fingerprints"]
+    assert all(d["n_encoded"] > 0 for d in again["details"]["contrastive_only"].values())  # nothing stale served
+    shutil.rmtree(retrained.run_dir() / "eval" / "cache")
+    empty = evaluate_models(retrained, ["contrastive_only"])
+    ranks = {name: d["ranks"] for name, d in again["details"]["contrastive_only"].items()}
+    assert ranks == {name: d["ranks"] for name, d in empty["details"]["contrastive_only"].items()}

@@ -5,19 +5,16 @@ Slow (a few minutes, ~13 GB of RAM, ~4.5 GB of disk), so it is excluded from the
     .venv/bin/python -m pytest -m slow tests/test_full_size.py -s
 
 No hub access: the model is built in code from the config values of Qwen2-VL-2B-Instruct's public
-``config.json`` (written out below), saved in bf16 safetensors with a small Qwen-style tokenizer and the
-Qwen2-VL image processor, then loaded by ``comalite.backbone.load_backbone`` in nf4 with 32 compression
-tokens, exactly as the ``qwen2-vl-2b`` preset would load the real checkpoint. It checks what only the
-full size can show (the 4-bit layout, the exact parameter count, the LoRA size, that the new tokens fit
-into the real embedding without a resize) and runs one stage-1 forward/backward through the compression
-mask. Each phase's time and the peak RSS are printed (``-s``) and recorded as test properties.
+``config.json`` (by ``benchmarks/full_size.py``, which ``benchmarks/bench_real_recipe.py`` shares), saved in
+bf16 safetensors with a small Qwen-style tokenizer and the Qwen2-VL image processor, then loaded by
+``comalite.backbone.load_backbone`` in nf4 with 32 compression tokens, exactly as the ``qwen2-vl-2b`` preset
+would load the real checkpoint. It checks what only the full size can show (the 4-bit layout, the exact
+parameter count, the LoRA size, that the new tokens fit into the real embedding without a resize) and runs
+one stage-1 forward/backward through the compression mask. Each phase's time and the peak RSS are printed
+(``-s``) and recorded as test properties.
 """
 from __future__ import annotations
 
-import gc
-import resource
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,95 +23,46 @@ import torch
 
 pytestmark = pytest.mark.slow
 
-# Qwen2-VL-2B-Instruct's public config.json, in transformers 5 field names.
-TEXT = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-            num_attention_heads=12, num_key_value_heads=2, hidden_act="silu", max_position_embeddings=32768,
-            rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
-VISION = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536, in_channels=3,
-              patch_size=14, spatial_merge_size=2, temporal_patch_size=2, hidden_act="quick_gelu")
-N_PARAMETERS = 2_208_985_600      # the real checkpoint's count (lm_head tied to the embedding)
-N_VISION_PARAMETERS = 665_271_296
 N_COMPRESS = 32
 LORA_R = 16
 
 
-def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: kilobytes
-
-
 @pytest.fixture
-def scratch():
+def scratch(bench):
     """A temporary folder removed afterwards (the checkpoint is ~4.5 GB: not left in pytest's tmp dirs)."""
-    folder = Path(tempfile.mkdtemp(prefix="comalite-full-size-"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    with bench("full_size").scratch() as folder:
+        yield folder
 
 
-def _build_checkpoint(folder: Path) -> dict:
-    """Write a random-weight Qwen2-VL-2B-shaped checkpoint (bf16 safetensors) with tokenizer and image
-    processor into ``folder``; return its parameter counts."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from comalite.shapesworld import text_corpus
-    from comalite.tiny import SPECIAL_TOKENS, train_tokenizer
-
-    tokenizer = train_tokenizer(text_corpus(seed=0, n=300), vocab_size=400)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    text = dict(TEXT, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                pad_token_id=ids["<|endoftext|>"])
-    config = Qwen2VLConfig(text_config=text, vision_config=VISION, tie_word_embeddings=True,
-                           image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                           vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
-    model.tie_weights()  # else lm_head may count twice
-    counts = {"total": sum(p.numel() for p in model.parameters()),
-              "vision": sum(p.numel() for p in model.model.visual.parameters()),
-              "tied": model.lm_head.weight is model.get_input_embeddings().weight}
-    model.save_pretrained(str(folder))  # safetensors, bf16
-    del model
-    gc.collect()
-    tokenizer.save_pretrained(str(folder))
-    Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056).save_pretrained(str(folder))  # the 2B's budget
-    return counts
-
-
-def _dialogue_batch(backbone, folder: Path):
-    from PIL import Image
-
+def _dialogue_batch(backbone, folder: Path, full_size):
     from comalite.records import Dialogue, Turn
     from comalite.sequence import collate, dialogue_example
 
-    rng = torch.Generator().manual_seed(0)
-    dialogues = []
-    for i, size in enumerate((112, 84)):
-        pixels = torch.randint(0, 256, (size, size, 3), generator=rng, dtype=torch.uint8).numpy()
-        path = folder / f"image{i}.png"
-        Image.fromarray(pixels).save(path)
-        dialogues.append(Dialogue(turns=(Turn("How many objects are there?", "three"),
-                                         Turn("What color is the circle?", "red")), image=str(path)))
+    dialogues = [Dialogue(turns=(Turn("How many objects are there?", "three"), Turn("What color is the circle?", "red")),
+                          image=full_size.random_image(folder / f"image{i}.png", size, seed=i))
+                 for i, size in enumerate((112, 84))]
     examples = [dialogue_example(backbone.processor, d, prompt="Summarize above image in a few words.",
                                  text_prompt="") for d in dialogues]
     return collate(examples, backbone.processor.tokenizer.pad_token_id)
 
 
-def test_qwen2_vl_2b_architecture_loads_in_nf4_and_trains_one_stage1_step(scratch, record_property):
+def test_qwen2_vl_2b_architecture_loads_in_nf4_and_trains_one_stage1_step(bench, scratch, record_property):
     import bitsandbytes as bnb
 
     from comalite.backbone import load_backbone
     from comalite.config import ModelConfig
     from comalite.objective import lm_loss
 
+    full_size, isolated = bench("full_size"), bench("isolated")
+    text = full_size.TEXT
     timings = {}
     start = time.perf_counter()
     checkpoint = scratch / "qwen2-vl-2b-random"
-    counts = _build_checkpoint(checkpoint)
+    counts = full_size.build_checkpoint(checkpoint)
     timings["build_and_save_s"] = time.perf_counter() - start
     assert counts["tied"]
-    assert counts["total"] == N_PARAMETERS
-    assert counts["vision"] == N_VISION_PARAMETERS
+    assert counts["total"] == full_size.N_PARAMETERS
+    assert counts["vision"] == full_size.N_VISION_PARAMETERS
     assert list(checkpoint.glob("*.safetensors"))
 
     start = time.perf_counter()
@@ -130,18 +78,18 @@ def test_qwen2_vl_2b_architecture_loads_in_nf4_and_trains_one_stage1_step(scratc
     assert len(quantised) == 28 * 7 == summary["linear4bit_modules"]
     assert all("language_model.layers." in n for n in quantised)
     assert not isinstance(hf.lm_head, bnb.nn.Linear4bit)
-    visual = list(backbone.core.visual.parameters())
-    assert sum(p.numel() for p in visual) == N_VISION_PARAMETERS  # unquantised: every element still there
+    visual = list(hf.model.visual.parameters())
+    assert sum(p.numel() for p in visual) == full_size.N_VISION_PARAMETERS  # unquantised: every element still there
     assert all(p.dtype.is_floating_point and not p.requires_grad for p in visual)
 
     # The 32 compression tokens fit into the 2B's spare embedding rows: no resize.
-    assert hf.get_input_embeddings().num_embeddings == TEXT["vocab_size"]
+    assert hf.get_input_embeddings().num_embeddings == text["vocab_size"]
     assert len(backbone.compression.token_ids) == N_COMPRESS
-    assert max(backbone.compression.token_ids) < TEXT["vocab_size"]
+    assert max(backbone.compression.token_ids) < text["vocab_size"]
 
     # Trainable: LoRA r=16 on q, k, v, o of the 28 layers, plus the 32 compression rows.
-    hidden = TEXT["hidden_size"]
-    kv = TEXT["num_key_value_heads"] * hidden // TEXT["num_attention_heads"]  # 2 KV heads x head_dim 128
+    hidden = text["hidden_size"]
+    kv = text["num_key_value_heads"] * hidden // text["num_attention_heads"]  # 2 KV heads x head_dim 128
     per_layer = LORA_R * ((hidden + hidden) + (hidden + kv) + (hidden + kv) + (hidden + hidden))  # q, k, v, o
     trainable = backbone.trainable_parameters()
     lora = {n: p for n, p in trainable.items() if "lora_" in n}
@@ -152,7 +100,7 @@ def test_qwen2_vl_2b_architecture_loads_in_nf4_and_trains_one_stage1_step(scratc
 
     # One stage-1 step: forward through the compression mask, backward.
     start = time.perf_counter()
-    batch = _dialogue_batch(backbone, scratch)
+    batch = _dialogue_batch(backbone, scratch, full_size)
     backbone.train()
     loss = lm_loss(backbone, batch)
     loss.backward()
@@ -165,7 +113,7 @@ def test_qwen2_vl_2b_architecture_loads_in_nf4_and_trains_one_stage1_step(scratc
     assert rows is not None and torch.isfinite(rows).all() and float(rows.abs().max()) > 0
     assert all(p.grad is None for p in visual)
 
-    timings["peak_rss_gb"] = _peak_rss_gb()
+    timings["peak_rss_gb"] = isolated.rss_mb() / 1024
     timings["loss"] = float(loss)
     timings["tokens"] = int(batch["attention_mask"].sum())
     timings["torch_threads"] = torch.get_num_threads()

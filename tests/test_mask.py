@@ -1,14 +1,90 @@
-"""The compression mask: its matrix for a hand-built sequence, and what it hides from the answers."""
+"""The compression mask: its matrix for a hand-built sequence, and what it hides from the answers.
+
+The model-level checks run on a toy Qwen2-VL with random weights (``benchmarks/full_size.py`` builds it in
+about a second): what the mask hides does not depend on the weights, and the GPU run needs no tiny-VLM build.
+They run in fp32 on CPU (eager and sdpa), in bf16 with sdpa on CPU, and in bf16 with sdpa on CUDA when a GPU is
+there (marked ``gpu``; skipped otherwise): ``pytest -m gpu tests/test_mask.py``.
+"""
 from __future__ import annotations
+
+import importlib
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 from comalite.mask import additive_mask, attention_allowed
-from comalite.sequence import ANSWER, COMPRESS, CONTEXT, PAD, QUESTION
+from comalite.records import Dialogue, Turn
+from comalite.sequence import ANSWER, COMPRESS, CONTEXT, PAD, QUESTION, collate, dialogue_example
 
 C, K, Q, A = CONTEXT, COMPRESS, QUESTION, ANSWER
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# A toy of the 2B's layout: M-RoPE sections 1/4, 3/8, 3/8 of head_dim/2; ViT output = text hidden size.
+TOY_TEXT = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, tie_word_embeddings=True,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]})
+TOY_VISION = dict(depth=2, embed_dim=64, num_heads=4, mlp_ratio=2, hidden_size=128, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the bf16/sdpa GPU case runs where one is")
+ON_CPU_FP32 = pytest.param("cpu", torch.float32, id="cpu-fp32")
+ON_CPU_BF16 = pytest.param("cpu", torch.bfloat16, id="cpu-bf16")
+ON_CUDA_BF16 = pytest.param("cuda", torch.bfloat16, id="cuda-bf16", marks=[pytest.mark.gpu, CUDA])
+
+
+def tolerance(dtype: torch.dtype, scale: float) -> float:
+    """The largest difference allowed between two computations that should agree up to rounding, for values
+    whose largest magnitude is ``scale``.
+
+    fp32: 1e-5 of ``scale`` (another BLAS blocking or attention kernel moves the toy's values by ~4e-7 of it).
+    bf16: 2**-5 of ``scale``, i.e. 4 units in the last place at that magnitude (bf16 keeps 8 significant bits:
+    one ulp is 2**-7 of the top binade). Another padded length or another attention kernel re-rounds every
+    operation of every layer; measured on CPU the toy then moves by 1 ulp (padding, eager vs sdpa); GPU kernels
+    (flash / memory-efficient attention, cuBLAS) round in other orders, hence the margin. What these tests
+    guard against is much larger: a leak or a padding bug moves values by tens of percent (the image seen
+    through the compression tokens moves the toy's QA logits by ~25% of the largest).
+    """
+    return (2**-5 if dtype == torch.bfloat16 else 1e-5) * scale
+
+
+@pytest.fixture(scope="module")
+def random_vlm(tmp_path_factory) -> Path:
+    """A toy Qwen2-VL checkpoint with random weights (seeded), built once for this module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCHMARKS))
+        full_size = importlib.import_module("full_size")
+    folder = tmp_path_factory.mktemp("random-vlm")
+    full_size.build_checkpoint(folder, TOY_TEXT, TOY_VISION)
+    return folder
+
+
+def _load(folder: Path, device: str, dtype: torch.dtype, attn: str = "sdpa"):
+    from comalite.backbone import load_backbone
+    from comalite.config import ModelConfig
+
+    cfg = ModelConfig(backbone=str(folder), quantization="none", n_compress=4, attn_implementation=attn,
+                      device=device, dtype={torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype],
+                      gradient_checkpointing=False, max_pixels=12544, min_pixels=3136)
+    return load_backbone(cfg, train_adapter=None).eval()
+
+
+def _images(folder: Path) -> list[str]:
+    """Two 112x112 noise images that differ only in a red vs a blue square."""
+    torch.manual_seed(0)
+    paths = []
+    for i, colour in enumerate([(220, 30, 30), (30, 30, 220)]):
+        pixels = (torch.rand(112, 112, 3) * 255).to(torch.uint8).numpy()
+        pixels[30:80, 30:80] = colour
+        paths.append(folder / f"img{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return [str(p) for p in paths]
+
+
+def _dialogue(backbone, image: str, n_turns: int = 2):
+    turns = (Turn("What colour is the square?", "red"), Turn("How many?", "one"),
+             Turn("Describe the background of the image.", "grey"))[:n_turns]
+    return dialogue_example(backbone.processor, Dialogue(turns=turns, image=image), prompt="Summarize above image.",
+                            text_prompt="")
 
 
 def test_mask_matrix_for_hand_built_sequences_with_padding_on_both_sides():
@@ -45,16 +121,15 @@ def test_mask_off_is_plain_causal_with_padding():
     assert torch.equal(got, expected)
 
 
-def test_additive_mask_is_float_zero_or_dtype_min():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_additive_mask_is_float_zero_or_dtype_min(dtype):
     allowed = torch.tensor([[[True, False], [True, True]]])
-    mask = additive_mask(allowed, torch.float32)
-    assert mask.shape == (1, 1, 2, 2) and mask.dtype == torch.float32
-    assert mask[0, 0, 0, 0] == 0 and mask[0, 0, 0, 1] == torch.finfo(torch.float32).min
+    mask = additive_mask(allowed, dtype)
+    assert mask.shape == (1, 1, 2, 2) and mask.dtype == dtype
+    assert mask[0, 0, 0, 0] == 0 and mask[0, 0, 0, 1] == torch.finfo(dtype).min
 
 
 def _qa_logits(backbone, example, cut_compression: bool, mask_on: bool):
-    from comalite.sequence import collate
-
     batch = collate([example], backbone.processor.tokenizer.pad_token_id)
     allowed = attention_allowed(batch["roles"], batch["attention_mask"], compression_mask=mask_on)
     if cut_compression:  # the test's extra cut: compression tokens may not see the image either
@@ -62,54 +137,63 @@ def _qa_logits(backbone, example, cut_compression: bool, mask_on: bool):
         allowed &= ~((roles == COMPRESS)[:, :, None] & (roles == CONTEXT)[:, None, :])
     hidden = backbone.hidden_states(batch, allowed)
     qa = ((batch["roles"] == QUESTION) | (batch["roles"] == ANSWER))[0]
-    return backbone.lm_head(hidden[0, qa])
+    return backbone.lm_head(hidden[0, qa]).float()
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_answers_see_the_image_only_through_the_compression_tokens(tiny_checkpoint, tmp_path, attn):
-    from comalite.backbone import load_backbone
-    from comalite.config import ModelConfig
-    from comalite.records import Dialogue, Turn
-    from comalite.sequence import dialogue_example
-
-    cfg = ModelConfig(backbone=str(tiny_checkpoint), quantization="none", n_compress=4, attn_implementation=attn,
-                      gradient_checkpointing=False, max_pixels=12544, min_pixels=3136)
-    backbone = load_backbone(cfg, train_adapter=None).eval()
-    torch.manual_seed(0)
-    examples = []
-    for i, colour in enumerate([(220, 30, 30), (30, 30, 220)]):
-        pixels = (torch.rand(112, 112, 3) * 255).to(torch.uint8).numpy()
-        pixels[30:80, 30:80] = colour
-        path = tmp_path / f"img{i}.png"
-        Image.fromarray(pixels).save(path)
-        dialogue = Dialogue(turns=(Turn("What colour is the square?", "red"), Turn("How many?", "one")), image=str(path))
-        examples.append(dialogue_example(backbone.processor, dialogue, prompt="Summarize above image.", text_prompt=""))
+@pytest.mark.parametrize("device,dtype,attn", [
+    pytest.param("cpu", torch.float32, "eager", id="cpu-fp32-eager"),
+    pytest.param("cpu", torch.float32, "sdpa", id="cpu-fp32-sdpa"),
+    pytest.param("cpu", torch.bfloat16, "sdpa", id="cpu-bf16-sdpa"),
+    pytest.param("cuda", torch.bfloat16, "sdpa", id="cuda-bf16-sdpa", marks=[pytest.mark.gpu, CUDA]),
+])
+def test_answers_see_the_image_only_through_the_compression_tokens(random_vlm, tmp_path, device, dtype, attn):
+    backbone = _load(random_vlm, device, dtype, attn)
+    examples = [_dialogue(backbone, image) for image in _images(tmp_path)]
     assert examples[0].input_ids == examples[1].input_ids  # same layout, only the pixels differ
 
     with torch.no_grad():
         cut = [_qa_logits(backbone, ex, cut_compression=True, mask_on=True) for ex in examples]
         open_ = [_qa_logits(backbone, ex, cut_compression=False, mask_on=True) for ex in examples]
         no_mask = [_qa_logits(backbone, ex, cut_compression=True, mask_on=False) for ex in examples]
-    assert torch.equal(cut[0], cut[1]), "with every path to the image cut, the QA logits must not change at all"
-    assert (open_[0] - open_[1]).abs().max() > 1e-4, "through the compression tokens the image must matter"
-    assert (no_mask[0] - no_mask[1]).abs().max() > 1e-4, "without the mask the QA part sees the image directly"
+    tol = tolerance(dtype, float(cut[0].abs().max()))
+    if device == "cpu":
+        assert torch.equal(cut[0], cut[1]), "with every path to the image cut, the QA logits must not change at all"
+    else:
+        # Blocked keys get weight exactly 0, so bitwise equality is expected here too, but CUDA does not
+        # promise bitwise-reproducible kernels from call to call: rounding-level differences are allowed.
+        assert (cut[0] - cut[1]).abs().max() <= tol, "with every path to the image cut, the QA logits must not change"
+    assert (open_[0] - open_[1]).abs().max() > 4 * tol, "through the compression tokens the image must matter"
+    assert (no_mask[0] - no_mask[1]).abs().max() > 4 * tol, "without the mask the QA part sees the image directly"
 
 
-def test_eager_and_sdpa_agree_under_the_compression_mask(tiny_checkpoint, tiny_config):
-    from comalite.backbone import load_backbone
-    from comalite.config import ModelConfig
-    from comalite.datasets import stage1_dialogues
-    from comalite.sequence import collate, dialogue_example
-
-    dialogues = stage1_dialogues(tiny_config())[:3]
+@pytest.mark.parametrize("device,dtype", [ON_CPU_FP32, ON_CPU_BF16, ON_CUDA_BF16])
+def test_eager_and_sdpa_agree_under_the_compression_mask(random_vlm, tmp_path, device, dtype):
+    images = _images(tmp_path)
     outs = []
     for attn in ("eager", "sdpa"):
-        cfg = ModelConfig(backbone=str(tiny_checkpoint), quantization="none", n_compress=4, attn_implementation=attn,
-                          gradient_checkpointing=False, max_pixels=12544, min_pixels=3136)
-        backbone = load_backbone(cfg, train_adapter=None).eval()
-        examples = [dialogue_example(backbone.processor, d, prompt="Summarize.", text_prompt="") for d in dialogues]
+        backbone = _load(random_vlm, device, dtype, attn)
+        examples = [_dialogue(backbone, image, n_turns) for image, n_turns in zip(images, (1, 3))]
         batch = collate(examples, backbone.processor.tokenizer.pad_token_id, pad_side="left")
         with torch.no_grad():
             hidden = backbone.hidden_states(batch, attention_allowed(batch["roles"], batch["attention_mask"]))
-        outs.append(hidden[batch["roles"] != PAD])
-    assert torch.allclose(outs[0], outs[1], atol=1e-4)
+        outs.append(hidden[batch["roles"] != PAD].float())
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=tolerance(dtype, float(outs[0].abs().max())))
+
+
+@pytest.mark.parametrize("device,dtype", [ON_CPU_FP32, ON_CPU_BF16, ON_CUDA_BF16])
+def test_padding_does_not_change_a_sequence(random_vlm, tmp_path, device, dtype):
+    """A dialogue alone, and padded next to a longer one (left or right), gets the same hidden states."""
+    backbone = _load(random_vlm, device, dtype)
+    short, long = (_dialogue(backbone, image, n_turns) for image, n_turns in zip(_images(tmp_path), (1, 3)))
+    pad_id = backbone.processor.tokenizer.pad_token_id
+    with torch.no_grad():
+        alone_batch = collate([short], pad_id)
+        alone = backbone.hidden_states(alone_batch, attention_allowed(alone_batch["roles"],
+                                                                      alone_batch["attention_mask"]))[0].float()
+        tol = tolerance(dtype, float(alone.abs().max()))
+        for side in ("left", "right"):
+            batch = collate([short, long], pad_id, pad_side=side)
+            assert batch["input_ids"].shape[1] > len(short.input_ids)  # it really is padded
+            hidden = backbone.hidden_states(batch, attention_allowed(batch["roles"], batch["attention_mask"]))
+            mine = hidden[0][batch["attention_mask"][0].bool().to(hidden.device)].float()
+            torch.testing.assert_close(mine, alone, rtol=0, atol=tol, msg=f"{side} padding changed the sequence")

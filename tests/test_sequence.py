@@ -96,6 +96,6 @@ def test_text_only_dialogue_and_collate_padding(processor, image):
         assert (row == PAD).sum() == len(img.input_ids) - n
         assert (row[-n:] if side == "left" else row[:n]).tolist() == text.roles
         assert batch["attention_mask"].tolist() == (batch["roles"] != PAD).long().tolist()
-        assert batch["pixel_values"].shape[0] == img.pixel_values.shape[0]
+        assert batch["images"] == [image] and torch.equal(batch["image_pixels"][0], img.pixel_values)
         assert batch["image_grid_thw"].shape == (1, 3)
     assert QUESTION in text.roles

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from comalite.errors import RunConflictError
 from comalite.records import EmbedInput, TrainPair
 from comalite.result import read_result
 from comalite.stage1 import run_stage1
@@ -59,11 +60,12 @@ def test_coma_stage2_trains_from_the_stage1_result(tiny_config):
     out = run_stage2(cfg)
     metrics = read_result(out)["metrics"]
     print(json.dumps({k: v for k, v in metrics.items() if k != "summary"}, indent=1))
-    # The smoke VLM barely sees (a short stage 0), so this pins that training moves the right way, not
-    # a size of gain: the batch loss falls and held-out retrieval does not get worse.
+    # The smoke VLM barely sees (a short stage 0); measured here: held-out in-batch retrieval 14 % -> 33 %
+    # (36 pairs, chance 20 %). The margins leave room for thread counts.
     losses = [h["loss"] for h in json.loads((out / "history.json").read_text())]
-    assert np.mean(losses[-10:]) < np.mean(losses[:10])
-    assert metrics["heldout_accuracy_after"] >= metrics["heldout_accuracy_before"]
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 1.0
+    assert metrics["heldout_accuracy_after"] > metrics["heldout_accuracy_before"] + 0.1
+    assert metrics["heldout_accuracy_after"] > metrics["chance"]
     # 120 pairs a subset -> 6 held out, one block each; a label held out twice counts as one target.
     assert metrics["heldout_pairs"] == 36 and 1 / 6 <= metrics["chance"] < 1
     info = read_result(out)
@@ -85,6 +87,20 @@ def test_contrastive_only_baseline_and_loading_an_embedding_model(tiny_config):
     assert vectors.shape == (4, model.backbone.hf.config.text_config.hidden_size)
     assert vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_stage2_never_pairs_a_stale_stage1(tiny_config, tmp_path):
+    first = tiny_config(*STAGE1, *SHORT2, f"out_dir={tmp_path}")
+    run_stage1(first)
+    out = run_stage2(first)
+    retrained = tiny_config(*STAGE1, *SHORT2, f"out_dir={tmp_path}", "stage1.train.lr=0.01")
+    run_stage1(retrained, overwrite=True)
+    # Stage 1 changed under it: the stage-2 folder no longer matches its input and is refused, not reused.
+    with pytest.raises(RunConflictError, match=r"inputs\.stage1"):
+        run_stage2(retrained)
+    run_stage2(retrained, overwrite=True)
+    copied = out / "adapters" / "stage1" / "adapter_model.safetensors"
+    assert copied.read_bytes() == (tmp_path / "stage1" / "adapters" / "stage1" / "adapter_model.safetensors").read_bytes()
 
 
 def test_stage2_resume_equals_uninterrupted_with_hard_negatives(tiny_config, tmp_path):

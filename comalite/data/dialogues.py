@@ -43,8 +43,7 @@ def dialogues_from_pairs(pairs: list[TrainPair], max_turns: int = 5) -> list[Dia
 def _reply(backbone: Backbone, image_example: Example, prompt: str, max_new_tokens: int) -> str:
     """Greedy reply of the (chat-tuned) backbone to ``prompt`` about the image in ``image_example``."""
     processor = backbone.processor
-    ex = Example(list(image_example.input_ids), list(image_example.roles), image_example.pixel_values,
-                 image_example.image_grid_thw)
+    ex = dataclasses.replace(image_example, input_ids=list(image_example.input_ids), roles=list(image_example.roles))
     ex.add(processor.encode_text(f"{prompt}<|im_end|>\n<|im_start|>assistant\n"), CONTEXT)
     batch = collate([ex], processor.tokenizer.pad_token_id)
     ids = batch["input_ids"].to(backbone.device)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,14 +146,16 @@ def _image(rel: str, image_root: str, known: dict[str, bool], file, i, field: st
     return path
 
 
-def _embed_input(text: str, image: str | None, file, i, text_field: str) -> EmbedInput:
+def _embed_input(text: str, image: str | None, file, i, text_field: str, image_field: str) -> EmbedInput:
     # A placeholder with no image would tokenise into an empty vision span: fail now, not at train time.
     if IMAGE_PLACEHOLDER in text and image is None:
         raise _error(
             file, i, text_field, f"text holds {IMAGE_PLACEHOLDER} but the row has no image path",
             "Give the image path or remove the placeholder.",
         )
-    return EmbedInput(text=text, image=image)
+    # Where the image came from, for the message if it cannot be read later (only inputs with an image can fail).
+    origin = f"{file}, row {i}, field '{image_field}'" if image else ""
+    return EmbedInput(text=text, image=image, origin=origin)
 
 
 # ----------------------------------------------------------------------------- MMEB-train
@@ -183,10 +186,10 @@ def read_train_subset(path, image_root, *, subset: str | None = None, limit: int
                 return pairs
             query = _embed_input(_text(row, "qry", file, i),
                                  _image(_text(row, "qry_image_path", file, i), image_root, known, file, i,
-                                        "qry_image_path"), file, i, "qry")
+                                        "qry_image_path"), file, i, "qry", "qry_image_path")
             positive = _embed_input(_text(row, "pos_text", file, i),
                                     _image(_text(row, "pos_image_path", file, i), image_root, known, file, i,
-                                           "pos_image_path"), file, i, "pos_text")
+                                           "pos_image_path"), file, i, "pos_text", "pos_image_path")
             for field, item in (("qry", query), ("pos_text", positive)):
                 if not item.text.strip() and item.image is None:
                     raise _error(file, i, field, "empty: neither text nor image",
@@ -196,7 +199,7 @@ def read_train_subset(path, image_root, *, subset: str | None = None, limit: int
             negative = None
             if neg_text or neg_rel:
                 negative = _embed_input(neg_text, _image(neg_rel, image_root, known, file, i, "neg_image_path"),
-                                        file, i, "neg_text")
+                                        file, i, "neg_text", "neg_image_path")
             pairs.append(TrainPair(query=query, positive=positive, negative=negative, subset=subset))
     return pairs
 
@@ -236,7 +239,7 @@ def read_eval_dataset(root, name: str, *, image_root=None, split: str = "test", 
         file, i, row = rows[k]
         query = _embed_input(_text(row, "qry_text", file, i),
                              _image(_text(row, "qry_img_path", file, i), image_root, known, file, i, "qry_img_path"),
-                             file, i, "qry_text")
+                             file, i, "qry_text", "qry_img_path")
         if not query.text.strip() and query.image is None:
             raise _error(file, i, "qry_text", "empty query: neither text nor image", "Drop or fix the row.")
         texts = _text_list(row, "tgt_text", file, i)
@@ -253,7 +256,7 @@ def read_eval_dataset(root, name: str, *, image_root=None, split: str = "test", 
             if not text.strip() and image is None:
                 raise _error(file, i, f"tgt_text[{j}]", "empty candidate: neither text nor image",
                              "Fix the candidate list.")
-            candidates.append(_embed_input(text, image, file, i, f"tgt_text[{j}]"))
+            candidates.append(_embed_input(text, image, file, i, f"tgt_text[{j}]", f"tgt_img_path[{j}]"))
         queries.append(EvalQuery(query=query, candidates=tuple(candidates)))
     return EvalDataset(name=name, queries=queries, source=folder)
 
@@ -275,19 +278,28 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 them to ``model.max_pixels`` anyway)."""
 
 
-def load_image(path) -> Image.Image:
-    """Open an image file as RGB; an unreadable, missing or oversized file raises DataFormatError naming it."""
+def load_image(path, origin: str = "") -> Image.Image:
+    """Open an image file as RGB; an unreadable, missing or oversized file raises DataFormatError naming it
+    and, given its ``origin`` (``EmbedInput.origin``, ``Dialogue.origin``), the file and row that use it."""
+    used_by = f" (used by {origin})" if origin else ""
+    fix = "or drop the rows that use it."
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # PIL warns of sizes the check below refuses anyway
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise DataFormatError(f"{path}: {image.width}x{image.height} pixels, over the {MAX_IMAGE_PIXELS:,} "
-                                      "comalite decodes. Shrink the image, or drop the rows that use it.")
+                raise DataFormatError(f"{path}{used_by}: {image.width}x{image.height} pixels, over the "
+                                      f"{MAX_IMAGE_PIXELS:,} comalite decodes. Shrink the image, {fix}")
             return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # PIL's own limit (above ours), hit while reading the header
+        raise DataFormatError(f"{path}{used_by}: over the {MAX_IMAGE_PIXELS:,} pixels comalite decodes ({e}). "
+                              f"Shrink the image, {fix}") from None
+    except (OSError, ValueError) as e:
         if isinstance(e, DataFormatError):
             raise
-        raise DataFormatError(f"{path}: cannot read this image ({e}). Re-extract or re-download it, "
-                              f"or drop the rows that use it.") from e
+        raise DataFormatError(f"{path}{used_by}: cannot read this image ({e}). Re-extract or re-download it, "
+                              f"{fix}") from e
 
 
 # ----------------------------------------------------------------------------- writers
@@ -385,7 +397,10 @@ def read_dialogues(path, image_root) -> list[Dialogue]:
         if not text and image is None:
             raise DataFormatError(f"{where}: neither image nor text to compress. Fill one in or drop "
                                   f"the line.")
-        dialogues.append(Dialogue(turns=tuple(parsed), image=image, text=text))
+        if image is None and IMAGE_PLACEHOLDER in text:  # it would be compressed as the literal text
+            raise DataFormatError(f"{where}, field 'text': holds {IMAGE_PLACEHOLDER} but the line has no "
+                                  "image. Give the image path or remove the placeholder.")
+        dialogues.append(Dialogue(turns=tuple(parsed), image=image, text=text, origin=where))
     if not dialogues:
         raise DataFormatError(f"{path}: no dialogues in this file. Write some with `comalite stage1-data`.")
     return dialogues

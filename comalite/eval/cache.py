@@ -20,8 +20,11 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 
 from comalite.atomic import atomic_write
+from comalite.distributed import barrier, distributed, is_writer, rank, world_size
+from comalite.progress import progress_bar
 from comalite.records import EmbedInput
 
 log = logging.getLogger(__name__)
@@ -119,24 +122,29 @@ def checked_embeddings(embedder, batch: list[EmbedInput]) -> np.ndarray:
 
 def cached_embeddings(embedder, inputs: list[EmbedInput], cache: Path | None, batch_size: int, progress: bool,
                       desc: str) -> tuple[np.ndarray, int]:
-    """Embeddings of all ``inputs`` (cached rows loaded, the rest encoded and cached) and how many were encoded."""
+    """Embeddings of all ``inputs`` (cached rows loaded, the rest encoded and cached) and how many were encoded.
+
+    Under ``torch.distributed`` the missing batches are dealt out to the processes and the embeddings gathered:
+    every process returns the same array, the one a single process would compute."""
+    barrier()  # every process reads the cache as it stands before any of them writes to it
     chunks = _load_chunks(cache, len(inputs)) if cache is not None and cache.is_dir() else {}
     done = np.zeros(len(inputs), dtype=bool)
     for lo, array in chunks.items():
         done[lo : lo + len(array)] = True
-    todo = _missing_batches(done, batch_size)
-    if progress and todo:
-        from tqdm.auto import tqdm  # deferred: only needed when a bar is shown
-
-        todo = tqdm(todo, desc=f"{embedder.name} / {desc}", unit="batch")
-    n_encoded = 0
-    for lo, hi in todo:
+    todo = _missing_batches(done, batch_size)[rank()::world_size()]
+    fresh = {}
+    for lo, hi in progress_bar(todo, enabled=progress and is_writer() and bool(todo), desc=f"{embedder.name} / {desc}",
+                               unit="batch"):
         array = checked_embeddings(embedder, inputs[lo:hi])
         if cache is not None:
             atomic_write(cache / f"rows_{lo:07d}-{hi:07d}.npy", lambda tmp: _save_npy(tmp, array))
-        chunks[lo] = array
-        done[lo:hi] = True
-        n_encoded += hi - lo
+        fresh[lo] = array
+    if distributed():
+        shares = [None] * world_size()
+        dist.all_gather_object(shares, fresh)
+        fresh = {lo: array for share in shares for lo, array in share.items()}
+    chunks.update(fresh)
+    n_encoded = sum(len(array) for array in fresh.values())
     # Overlapping cached chunks (from runs with other batch sizes) hold the same rows: any copy will do.
     dims = {array.shape[1] for array in chunks.values()}
     if len(dims) != 1:

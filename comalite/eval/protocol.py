@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from comalite.distributed import is_writer
 from comalite.eval.cache import cache_folder, cached_embeddings
 from comalite.eval.metric import aggregate, at_chance, chance_level, score_queries
 from comalite.eval.report import save_results
@@ -172,7 +173,7 @@ def evaluate(
         "chance_aggregates": aggregate(chance, [info for info, _ in datasets]),
         "details": details,
     }
-    if out_dir is not None:
+    if out_dir is not None and is_writer():
         save_results(results, out_dir)
     return results
 

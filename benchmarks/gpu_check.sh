@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU checks in one go, sized for a 10-minute slot on one H100/H200 (an estimate: not run on a GPU yet):
+#   1. the bf16/sdpa CUDA cases of tests/test_mask.py (mask and padding invariance, eager vs sdpa);
+#   2. benchmarks/bench_real_recipe.py on the full-size random 2B: stage 1 and stage 2, nf4 and none.
+#
+#   bash benchmarks/gpu_check.sh                        # from anywhere; results in $OUT or benchmarks/results/
+#   STAGE2_BATCH=1024 STEPS=2 bash benchmarks/gpu_check.sh   # the preset's full stage-2 batch (longer)
+#
+# Environment: OUT (results folder), VENV (default .cache/venv-gpu, created with --system-site-packages so a
+# CUDA torch already on the machine is reused), PYTHON, TORCH_SPEC (what to pip-install when the venv has no
+# torch or when set, e.g. "torch --index-url https://download.pytorch.org/whl/cu124"), STAGE2_BATCH (256),
+# STEPS (2), BENCH_SECONDS (420: the benchmark is stopped after this; its JSON keeps what it measured).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT_DIR=${OUT:-benchmarks/results}
+VENV=${VENV:-.cache/venv-gpu}
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+mkdir -p "$OUT_DIR"
+exec > >(tee "$OUT_DIR/gpu_check.log") 2>&1
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$VENV" || exit 1
+VPY="$VENV/bin/python"
+if [ -n "${TORCH_SPEC:-}" ] || ! "$VPY" -c "import torch" 2>/dev/null; then
+  # shellcheck disable=SC2086  # a spec may carry pip options: split it into words
+  "$VPY" -m pip install -q ${TORCH_SPEC:-torch} || exit 1
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # comalite from this checkout, installed or not
+if ! "$VPY" -c "import comalite.backbone, comalite.embedding, comalite.gradcache, comalite.objective, pytest" 2>/dev/null; then
+  "$VPY" -m pip install -q -e ".[dev]" || exit 1
+fi
+"$VPY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA GPU'; \
+print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())" || exit 1
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HOME=${HF_HOME:-$PWD/.cache/hf}
+export TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
+export MPLBACKEND=Agg MPLCONFIGDIR=${MPLCONFIGDIR:-$PWD/.cache/matplotlib}
+
+echo "== 1. CUDA mask tests"
+"$VPY" -m pytest -q -rs -m gpu tests/test_mask.py --junitxml "$OUT_DIR/gpu_mask_tests.xml"
+tests_rc=$?
+
+echo "== 2. full-size recipe benchmark"
+timeout -k 15 "${BENCH_SECONDS:-420}" "$VPY" benchmarks/bench_real_recipe.py --device cuda \
+  --steps "${STEPS:-2}" --warmup 1 --stage2-batch "${STAGE2_BATCH:-256}" --timeout 300 \
+  --out "$OUT_DIR/real_recipe_cuda.json"
+bench_rc=$?
+
+echo "== done: mask tests exit $tests_rc, benchmark exit $bench_rc; results in $OUT_DIR"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
