@@ -108,7 +108,7 @@ def image_path(n: int, workers: int) -> dict:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from comalite.config import load_config
-    from comalite.data.io import load_image
+    from comalite.data.images import load_image
 
     model = load_config("qwen2-vl-2b").model
     processor = Qwen2VLImageProcessorPil(min_pixels=model.min_pixels, max_pixels=model.max_pixels)

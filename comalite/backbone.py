@@ -31,7 +31,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .compression import CompressionTokens
 from .config import ModelConfig
-from .data.io import load_image
+from .data.images import load_image
 from .errors import CheckpointError
 from .mask import additive_mask
 from .paths import data_dir

@@ -127,3 +127,22 @@ def full_batch_step(
     loss = loss_fn(*embeddings)
     loss.backward()
     return loss.detach()
+
+
+def accumulation_step(
+    encode: Encode,
+    query_chunks: Sequence[Any],
+    target_chunks: Sequence[Any],
+    loss_fn: Callable[..., torch.Tensor],
+) -> torch.Tensor:
+    """What GradCache is NOT: plain gradient accumulation, one InfoNCE per chunk, their mean backpropagated.
+
+    Each query meets only its own chunk's targets as negatives: another, easier loss with other gradients
+    (see the module docstring). Kept as the foil the lessons and tests compare against; comalite never
+    trains with it.
+    """
+    queries = [encode(chunk) for chunk in query_chunks]
+    targets = [encode(chunk) for chunk in target_chunks]
+    loss = sum(loss_fn(q, t) for q, t in zip(queries, targets)) / len(queries)
+    loss.backward()
+    return loss.detach()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data.io import load_image
+from .data.images import load_image
 from .processor import VLProcessor
 from .records import IMAGE_PLACEHOLDER, Dialogue, EmbedInput
 

@@ -1,26 +1,30 @@
 #!/usr/bin/env python
-"""Regenerate the committed lesson notebooks, outputs included, from a real tiny-preset run.
+"""Run the lesson notebooks top to bottom; a full render writes them back with their outputs.
 
-    .venv/bin/python scripts/render_notebooks.py --fresh   # every notebook, SMOKE = False (full tiny preset),
-                                                           # after removing the preset's old run folders
+    .venv/bin/python scripts/render_notebooks.py --fresh   # every notebook on the full tiny preset, from empty
+                                                           # run folders, written back in place with outputs
     .venv/bin/python scripts/render_notebooks.py 02 03     # only the notebooks whose names start with these
-    .venv/bin/python scripts/render_notebooks.py --smoke   # quick check in smoke mode; writes nothing in the repo
+    .venv/bin/python scripts/render_notebooks.py --smoke   # the quick check (PRESET = "tiny-smoke"); writes no
+                                                           # notebook or figure into the repository
+    .venv/bin/python scripts/render_notebooks.py --smoke --out /tmp/nb 02   # ... keeping the executed copies
 
-Each notebook runs top to bottom in a fresh ``python3`` kernel of this interpreter, with its ``parameters``
-cell set to ``SMOKE = ...`` / ``PRESET = ...``. A full render writes the notebook back in place with its
-outputs, and the notebooks save their figures into ``docs/figures/``; ``--smoke`` writes nothing in the
-repository (executed copies go to ``--out`` if given). The notebooks share the run folder
-(``$COMALITE_HOME/tiny``, default ``<repo>/runs/tiny``): a stage an earlier notebook finished is reused.
+Each notebook runs in a fresh ``python3`` kernel of this interpreter, with its ``parameters`` cell set to
+``PRESET = ...`` and ``OVERRIDES = [...]`` (``--preset``, ``--set``; ``--smoke`` is ``--preset tiny-smoke``).
+Where figures go is ``comalite.lesson``'s rule: the full ``tiny`` preset without overrides saves them into
+``docs/figures/`` and only that render is written back in place; any other one needs ``--out`` to keep its
+executed notebooks (its figures stay in its run folder). The notebooks share the run folder
+(``$COMALITE_HOME/<run name>``, default ``<repo>/runs/tiny``): a stage an earlier notebook finished is reused.
 Without ``--fresh`` they also reuse what an earlier run (``comalite demo``, an older render) left there;
-``--fresh`` deletes the run folders first (not the data or the tiny VLM), so every output comes from one
-run. The first full render also builds ShapesWorld and the tiny VLM if missing (10-20 minutes on a laptop
-CPU); a full render takes about half an hour more.
+``--fresh`` deletes the preset's run folders first (``<run>`` and the ablation's ``<run>-nomask``; never the
+data or the tiny VLM), so that every output comes from one run. The first full render also builds
+ShapesWorld and the tiny VLM if they are missing.
 
 ``tests/test_notebooks.py`` uses ``execute`` from here to run every notebook in smoke mode.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -30,6 +34,8 @@ from pathlib import Path
 REPO_DIR = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_DIR / "notebooks"
 KERNEL = "python3"
+SMOKE_PRESET = "tiny-smoke"
+COMMITTED_PRESET = "tiny"  # comalite.lesson.COMMITTED_PRESET (not imported: this module must load without torch)
 
 
 def notebooks(prefixes: list[str] | tuple[str, ...] = ()) -> list[Path]:
@@ -46,7 +52,8 @@ def kernel_python() -> str:
     return KernelManager(kernel_name=KERNEL).format_kernel_cmd()[0]
 
 
-def _parameters_cell(nb) -> int:
+def parameters_cell(nb) -> int:
+    """Index of the notebook's one cell tagged ``parameters``."""
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(tagged) != 1:
         raise ValueError(f"expected exactly one cell tagged 'parameters', found {len(tagged)}")
@@ -54,17 +61,19 @@ def _parameters_cell(nb) -> int:
 
 
 def set_parameters(source: str, values: dict) -> str:
-    """The parameters cell's source with each ``NAME = ...`` line set to ``values[NAME]`` (comments kept)."""
+    """The parameters cell's source with each ``NAME = ...`` (or ``NAME: type = ...``) line set to
+    ``values[NAME]``; comments and annotations are kept."""
     for name, value in values.items():
-        pattern = re.compile(rf"^{name}\s*=.*$", re.MULTILINE)
+        pattern = re.compile(rf"^({name}\s*(?::[^=\n]*)?=).*$", re.MULTILINE)
         if not pattern.search(source):
             raise ValueError(f"the parameters cell has no '{name} = ...' line")
-        source = pattern.sub(f"{name} = {_literal(value)}", source, count=1)
+        source = pattern.sub(lambda m: f"{m[1].rstrip()} {_literal(value)}", source, count=1)
     return source
 
 
 def _literal(value) -> str:
-    return '"' + value + '"' if isinstance(value, str) else repr(value)
+    """Python source of a parameter value, strings in double quotes (``json.dumps``: a str or a list of str)."""
+    return json.dumps(value)
 
 
 def kernel_env() -> dict:
@@ -77,8 +86,8 @@ def kernel_env() -> dict:
     return env
 
 
-def execute(path: Path, *, smoke: bool, preset: str = "tiny", timeout: int = 3600, cwd: Path | None = None,
-            inject: bool = False, check_kernel: bool = True):
+def execute(path: Path, *, preset: str = COMMITTED_PRESET, overrides: list[str] | tuple[str, ...] = (),
+            timeout: int = 3600, cwd: Path | None = None, inject: bool = False, check_kernel: bool = True):
     """Run one notebook in a fresh kernel; returns ``(executed notebook, seconds)``. Raises nbclient's
     ``CellExecutionError`` on the first failing cell.
 
@@ -90,8 +99,8 @@ def execute(path: Path, *, smoke: bool, preset: str = "tiny", timeout: int = 360
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    index = _parameters_cell(nb)
-    values = {"SMOKE": smoke, "PRESET": preset}
+    index = parameters_cell(nb)
+    values = {"PRESET": preset, "OVERRIDES": list(overrides)}
     if inject:
         cell = nbformat.v4.new_code_cell("\n".join(f"{k} = {_literal(v)}" for k, v in values.items()))
         cell.metadata["tags"] = ["injected-parameters"]
@@ -105,55 +114,72 @@ def execute(path: Path, *, smoke: bool, preset: str = "tiny", timeout: int = 360
     client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, record_timing=False,
                             resources={"metadata": {"path": str(cwd or path.parent)}})
     start = time.perf_counter()
-    client.execute(env=kernel_env())
+    try:
+        client.execute(env=kernel_env())
+    finally:
+        if check is not None:
+            nb.cells.remove(check)
     seconds = time.perf_counter() - start
-    if check is not None:
-        nb.cells.remove(check)
-        count = 0
-        for c in nb.cells:  # number the remaining cells from 1 again
-            if c.cell_type == "code" and c.get("execution_count"):
-                count += 1
-                c.execution_count = count
-                for out in c.get("outputs", []):
-                    if "execution_count" in out:
-                        out["execution_count"] = count
+    count = 0
+    for c in nb.cells:  # number the cells from 1 again (without the check cell)
+        if c.cell_type == "code" and c.get("execution_count"):
+            count += 1
+            c.execution_count = count
+            for out in c.get("outputs", []):
+                if "execution_count" in out:
+                    out["execution_count"] = count
     return nb, seconds
+
+
+def run_folders(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """The run folders a render of ``preset`` writes: the lessons' run and the stage-1 ablation's."""
+    from comalite.lesson import lesson_config
+
+    run = lesson_config(preset, overrides).run_dir()
+    return [run, run.with_name(f"{run.name}-nomask")]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("only", nargs="*", help="notebook name prefixes (default: all)")
-    parser.add_argument("--smoke", action="store_true", help="quick check in smoke mode; writes nothing in the repo")
-    parser.add_argument("--preset", default="tiny", help="PRESET parameter (default: tiny)")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f'the quick check: PRESET = "{SMOKE_PRESET}"; writes nothing into the repository')
+    parser.add_argument("--preset", help=f"PRESET (default: {COMMITTED_PRESET})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="one entry of OVERRIDES (repeatable)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
-    parser.add_argument("--out", type=Path, help="write executed copies here instead of in place")
+    parser.add_argument("--out", type=Path, help="write the executed notebooks here instead of in place")
     parser.add_argument("--fresh", action="store_true",
                         help="first delete the preset's run folders (<run> and <run>-nomask; data and VLM are kept)")
     args = parser.parse_args(argv)
+    if args.smoke and args.preset not in (None, SMOKE_PRESET):
+        parser.error(f"--smoke is --preset {SMOKE_PRESET}; give one of them")
+    preset = SMOKE_PRESET if args.smoke else args.preset or COMMITTED_PRESET
+    in_place = preset == COMMITTED_PRESET and not args.overrides and args.out is None
+    if args.out is None and not in_place and not args.smoke:
+        parser.error(f"only the full {COMMITTED_PRESET} preset without --set is written back in place; "
+                     "give --out to keep the executed notebooks of this one")
 
     import nbformat
 
     paths = notebooks(args.only)
     if not paths:
         parser.error(f"no notebook in {NOTEBOOK_DIR} matches {args.only}")
-    python = kernel_python()
-    print(f"kernel '{KERNEL}' runs {python}; COMALITE_HOME={os.environ.get('COMALITE_HOME', '(default)')}")
+    print(f"kernel '{KERNEL}' runs {kernel_python()}; COMALITE_HOME={os.environ.get('COMALITE_HOME', '(default)')}")
     if args.fresh:
         import shutil
 
-        from comalite.config import load_config
-
-        run = load_config(args.preset, smoke=args.smoke).run_dir()
-        for folder in (run, run.with_name(run.name + "-nomask")):
+        for folder in run_folders(preset, args.overrides):
             if folder.exists():
                 print(f"removing {folder}")
                 shutil.rmtree(folder)
     total = 0.0
     for path in paths:
-        print(f"{path.name}: running ({'smoke' if args.smoke else 'full'} {args.preset}) ...", flush=True)
-        nb, seconds = execute(path, smoke=args.smoke, preset=args.preset, timeout=args.timeout)
+        label = " ".join([preset, *args.overrides])
+        print(f"{path.name}: running ({label}) ...", flush=True)
+        nb, seconds = execute(path, preset=preset, overrides=args.overrides, timeout=args.timeout)
         total += seconds
-        target = args.out / path.name if args.out else (None if args.smoke else path)
+        target = args.out / path.name if args.out else (path if in_place else None)
         if target is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, target)

@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 from comalite.cli import main
-from comalite.data.io import MAX_IMAGE_PIXELS, load_image, read_dialogues, read_eval_dataset, read_train_subset
+from comalite.data.images import MAX_IMAGE_PIXELS, load_image
+from comalite.data.io import read_dialogues, read_eval_dataset, read_train_subset
 from comalite.errors import ConfigError, DataFormatError
 from comalite.records import EmbedInput
 

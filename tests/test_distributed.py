@@ -13,7 +13,8 @@ import pytest
 import torch
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+pytestmark = [pytest.mark.distributed,
+              pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")]
 
 
 def _comalite(out: Path, processes: int, *args: str) -> None:

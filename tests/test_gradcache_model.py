@@ -14,7 +14,7 @@ from comalite.backbone import load_backbone
 from comalite.config import ModelConfig
 from comalite.data.sources import train_pairs
 from comalite.embedding import encode
-from comalite.gradcache import full_batch_step, gradcache_step
+from comalite.gradcache import accumulation_step, full_batch_step, gradcache_step
 from comalite.loss import InfoNCELoss
 
 CHUNK = 2
@@ -106,13 +106,6 @@ def test_plain_accumulation_is_another_loss_with_other_gradients(tiny_checkpoint
     backbone = _load(tiny_checkpoint, "none")
     queries, targets = _batch(tiny_config)
     loss_full, grads_full, _ = _step(full_batch_step, backbone, queries, targets)
-
-    def accumulation_step(encode_fn, query_chunks, target_chunks, loss_fn):
-        q = [encode_fn(chunk) for chunk in query_chunks]
-        t = [encode_fn(chunk) for chunk in target_chunks]
-        loss = sum(loss_fn(qc, tc) for qc, tc in zip(q, t)) / len(q)
-        loss.backward()
-        return loss.detach()
 
     loss_acc, grads_acc, _ = _step(accumulation_step, backbone, queries, targets)
     # Same embeddings, fewer negatives: each query's log-sum-exp runs over a subset, so the loss is lower.

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..data.images import load_image
 from .style import CORRECT_COLOUR, SAVE_DPI, save
 
 if TYPE_CHECKING:
@@ -188,3 +189,23 @@ def neighbour_explorer(
     picker.observe(lambda change: show(change["new"]), names="value")
     show(0)
     return widgets.VBox([picker, output])
+
+
+def plot_query_candidates(queries: dict, *, n_candidates: int = 4, save_to: str | Path | None = None):
+    """One row per ``{title: EvalQuery}``: the query, then its first candidates in their order, the truth
+    (candidate 0) framed green. A picture of the data, before any model scores it."""
+    fig, axes = plt.subplots(len(queries), 1 + n_candidates, figsize=(2.3 * (1 + n_candidates), 3.4 * len(queries)),
+                             squeeze=False)
+    for row, (title, query) in zip(axes, queries.items()):
+        items = [query.query, *query.candidates[:n_candidates]]
+        for j, (ax, item) in enumerate(zip(row, items)):
+            text = item.text.replace("<|image_1|>", "").strip()
+            _draw_item(ax, load_image(item.image) if item.image else None, text)
+            ax.set_title(f"{title}: query" if j == 0 else "candidate 0 (truth)" if j == 1 else f"candidate {j - 1}",
+                         fontsize=9, color=CORRECT_COLOUR if j == 1 else "black")
+            _frame(ax, "#333333" if j == 0 else CORRECT_COLOUR if j == 1 else "#bbbbbb", 4 if j == 1 else 1)
+        for ax in row[len(items):]:
+            ax.axis("off")
+    fig.tight_layout()
+    save(fig, save_to)
+    return fig

@@ -1,0 +1,36 @@
+"""Opening image files: RGB, bounded in size, and every failure named with the file and the row that uses it."""
+from __future__ import annotations
+
+import warnings
+
+from PIL import Image
+
+from comalite.errors import DataFormatError
+
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Larger images are refused before decoding: memory and time stay bounded (the processor would shrink
+them to ``model.max_pixels`` anyway)."""
+
+
+def load_image(path, origin: str = "") -> Image.Image:
+    """Open an image file as RGB; an unreadable, missing or oversized file raises DataFormatError naming it
+    and, given its ``origin`` (``EmbedInput.origin``, ``Dialogue.origin``), the file and row that use it."""
+    used_by = f" (used by {origin})" if origin else ""
+    fix = "or drop the rows that use it."
+    try:
+        with warnings.catch_warnings():  # PIL warns of sizes the check below refuses anyway
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise DataFormatError(f"{path}{used_by}: {image.width}x{image.height} pixels, over the "
+                                      f"{MAX_IMAGE_PIXELS:,} comalite decodes. Shrink the image, {fix}")
+            return image.convert("RGB")
+    except Image.DecompressionBombError as e:  # PIL's own limit (above ours), hit while reading the header
+        raise DataFormatError(f"{path}{used_by}: over the {MAX_IMAGE_PIXELS:,} pixels comalite decodes ({e}). "
+                              f"Shrink the image, {fix}") from None
+    except (OSError, ValueError) as e:
+        if isinstance(e, DataFormatError):
+            raise
+        raise DataFormatError(f"{path}{used_by}: cannot read this image ({e}). Re-extract or re-download it, "
+                              f"{fix}") from e
