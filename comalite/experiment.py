@@ -177,6 +177,20 @@ def format_report(summary: list[dict], meta: dict) -> str:
                          for c in cols]
                 lines.append(f"| {e['arm']} | {e['variant'] or '-'} | {e['steps']} | " + " | ".join(cells) + " |")
         lines.append("")
+    groups = [g for g in GROUPS if g in meta["base"]]
+    lines += ["## Reference points", "", "| model | " + " | ".join(groups) + " |", "|---|" + "---:|" * len(groups),
+              "| chance | " + " | ".join(f"{100 * meta['chance'][g]:.1f}" for g in groups) + " |",
+              "| base (untrained compression tokens) | " + " | ".join(f"{100 * meta['base'][g]:.1f}" for g in groups)
+              + " |", ""]
+    if meta.get("equal_compute"):
+        eq = meta["equal_compute"]
+        d = eq["coma_minus_longer_contrastive_only"]
+        lines += ["## Equal total compute", "",
+                  f"CoMa (stage 1 + stage 2) trained {eq['stage1_seconds']:.0f} s longer than contrastive-only; spent on stage 2 "
+                  f"instead, contrastive-only runs {eq['contrastive_only_steps']} steps. CoMa minus that run:", "",
+                  "| " + " | ".join(groups) + " |", "|" + "---:|" * len(groups),
+                  "| " + " | ".join(f"{100 * d[g]['mean']:+.1f} [{100 * d[g]['ci95'][0]:+.1f}, {100 * d[g]['ci95'][1]:+.1f}]"
+                                    for g in groups) + " |", ""]
     return "\n".join(lines)
 
 
@@ -184,6 +198,7 @@ def plot_budget_curve(summary: list[dict], save_to: Path, groups=("overall", "IN
     """Precision@1 against stage-2 steps per arm (full split, no variant): mean line, +- std band; ``floor``
     (chance per group) as a dashed line."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     from .viz import SAVE_DPI
 
@@ -200,6 +215,9 @@ def plot_budget_curve(summary: list[dict], save_to: Path, groups=("overall", "IN
         if floor:
             ax.axhline(100 * floor[group], color="grey", linestyle="--", linewidth=1, label="chance")
         ax.set_xscale("log")
+        ax.set_xticks(sorted({e["steps"] for e in summary if not e["variant"]}))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(group)
         ax.set_xlabel("stage-2 steps")
     np.atleast_1d(axes)[0].set_ylabel("Precision@1 (%)")
@@ -246,7 +264,8 @@ def run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts:
                  and r["split"] == "all"]
         stage1_seconds = np.mean([r["train_seconds"] for r in coma]) - np.mean([r["train_seconds"] for r in plain])
         steps = full + int(round(stage1_seconds / np.mean([r["stage2_seconds_per_step"] for r in plain])))
-        longer = [run_cell(preset, overrides, Cell("contrastive_only", steps, seed), root) for seed in seeds]
+        longer = [run_cell(preset, overrides, Cell("contrastive_only", steps, seed, variant="equal_compute"), root)
+                  for seed in seeds]
         rows += longer
         equal_compute = {"stage1_seconds": float(stage1_seconds), "contrastive_only_steps": steps,
                          "coma_minus_longer_contrastive_only": {

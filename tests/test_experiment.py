@@ -1,0 +1,49 @@
+"""The miniature experiment's bookkeeping: which cells run, how seeds are paired, how the interval is made."""
+from __future__ import annotations
+
+import pytest
+from scipy import stats
+
+from comalite.experiment import ABLATIONS, ARMS, Cell, grid, paired_difference, summarize, transfer_groups
+
+
+def test_the_paired_difference_is_a_t_interval_over_seeds():
+    a, b = [0.50, 0.60, 0.70], [0.40, 0.45, 0.65]
+    d = paired_difference(a, b)  # differences 0.10, 0.15, 0.05: mean 0.10, sd 0.05
+    assert d["mean"] == pytest.approx(0.10) and d["std"] == pytest.approx(0.05) and d["seeds"] == 3
+    half = stats.t.ppf(0.975, 2) * 0.05 / 3 ** 0.5  # 4.303 * 0.0289 = 0.124
+    assert d["ci95"] == pytest.approx([0.10 - half, 0.10 + half])
+
+
+def test_the_grid_changes_one_thing_at_a_time():
+    cells = grid(("budget", "transfer", "ablations"), seeds=[0, 1], budgets=[10, 40], full=40)
+    assert len(cells) == len(set(cells))
+    budget = [c for c in cells if c.split == "all" and not c.variant]
+    assert {(c.arm, c.steps) for c in budget} == {(arm, s) for arm in ARMS for s in (10, 40)}
+    assert {c.arm for c in cells if c.split == "transfer"} == {"contrastive_only", "coma"}
+    for variant in ABLATIONS:  # K changes both stages' embedding: its baseline runs with the same K
+        arms = {c.arm for c in cells if c.variant == variant}
+        assert arms == ({"contrastive_only", "coma"} if variant.startswith("k") else {"coma"})
+    assert all(c.steps == 40 for c in cells if c.variant or c.split == "transfer")
+
+
+def _row(arm, seed, overall, steps=40, variant="", split="all"):
+    return {**Cell(arm, steps, seed, variant, split).__dict__, "scores": {"SW-Count": overall, "SW-T2I": overall / 2},
+            "aggregates": {"overall": overall, "IND": overall}, "train_seconds": 10.0}
+
+
+def test_summaries_pair_each_arm_with_contrastive_only_of_the_same_seed():
+    rows = [_row("contrastive_only", s, v) for s, v in enumerate([0.30, 0.40, 0.50])]
+    rows += [_row("coma", s, v) for s, v in enumerate([0.35, 0.40, 0.60])]
+    rows += [_row("coma", 0, 0.9, variant="supervise_all")]  # an ablation: paired with the plain baseline
+    by = {(e["arm"], e["variant"]): e for e in summarize(rows)}
+    coma = by[("coma", "")]
+    assert coma["mean"]["overall"] == pytest.approx(0.45)
+    assert coma["minus_contrastive_only"]["overall"]["mean"] == pytest.approx(0.05)
+    assert by[("coma", "supervise_all")]["minus_contrastive_only"]["overall"]["mean"] == pytest.approx(0.6)
+    assert "minus_contrastive_only" not in by[("contrastive_only", "")]
+
+
+def test_transfer_groups_split_seen_and_unseen_task_families():
+    groups = transfer_groups({"SW-Count": 0.8, "SW-VQA": 0.4, "SW-T2I": 0.1, "SW-Ground": 0.3})
+    assert groups == pytest.approx({"seen tasks": 0.6, "unseen tasks": 0.2})
