@@ -7,9 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from comalite.data.images import load_image
 from comalite.data.io import (
-    DataFormatError,
-    load_image,
     read_dialogues,
     read_eval_dataset,
     read_train_subset,
@@ -18,6 +17,7 @@ from comalite.data.io import (
     write_eval_dataset,
     write_train_subset,
 )
+from comalite.errors import DataFormatError
 from comalite.records import Dialogue, EmbedInput, Turn
 
 IMG = "<|image_1|>\n"
