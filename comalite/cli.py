@@ -135,7 +135,7 @@ def cmd_stage1_data(args) -> None:
                               "recursively).")
     _writable_folder(Path(args.out).absolute().parent)
     n = build_stage1_data(_config(args), images=args.images, out=args.out, generator=args.generator,
-                          limit=args.limit)
+                          limit=args.limit, questions=args.question or None)
     print(f"wrote {n} dialogues to {args.out}")
 
 
@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output jsonl")
     p.add_argument("--generator", default="", help="VLM that writes the QA (default: the preset's backbone)")
     p.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
+    p.add_argument("--question", action="append", default=[],
+                   help="a question to answer about every image (repeatable; default: the generator writes them)")
     return parser
 
 

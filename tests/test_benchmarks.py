@@ -25,11 +25,12 @@ def _read(path: Path) -> dict:
 
 
 def test_bench_tiny_build(bench, tmp_path, data_root):
-    home_before = os.environ.get("COMALITE_HOME")
+    data_before = os.environ.get("COMALITE_DATA")
     out = tmp_path / "tiny_build.json"
     report = bench("bench_tiny_build").main(["--steps", "2", "--batch-size", "4", "--vision-steps", "2",
-                                             "--home", str(tmp_path / "home"), *_data_args(data_root), "--out", str(out)])
-    assert os.environ.get("COMALITE_HOME") == home_before  # the session's home is restored
+                                             "--home", str(tmp_path / "home"), "--smoke", "--set", f"data.root={data_root}",
+                                             "--out", str(out)])
+    assert os.environ.get("COMALITE_DATA") == data_before  # the session's data folder is restored
     saved = _read(out)
     assert saved == json.loads(json.dumps(report))
     for key in ("build_seconds", "data_seconds", "stage0_seconds", "stage0_steps", "stage0_steps_per_s",

@@ -35,7 +35,8 @@ def fake_shapesworld(monkeypatch):
         DatasetInfo("SW-Count", "vqa", "OOD", "Answer the question:", "image+text", "text", source="shapesworld"),
     )
     monkeypatch.setitem(sys.modules, "comalite.shapesworld", module)
-    monkeypatch.setattr(mmeb, "REGISTRY", dict(mmeb.REGISTRY))
+    # The MMEB entries only: an earlier test of the session may have registered the real ShapesWorld.
+    monkeypatch.setattr(mmeb, "REGISTRY", {k: v for k, v in mmeb.REGISTRY.items() if v.source == "mmeb"})
     monkeypatch.setattr(mmeb, "_shapesworld_loaded", False)
     return module
 

@@ -1,8 +1,12 @@
 """Stage-1 data for real images: dialogues from annotations, and dialogues written by a VLM (tiny here)."""
 from __future__ import annotations
 
-from comalite.records import EmbedInput, TrainPair
+import pytest
+
 from comalite.data.dialogues import build_stage1_data, dialogues_from_pairs
+from comalite.data.io import read_dialogues
+from comalite.errors import DataFormatError
+from comalite.records import Dialogue, EmbedInput, TrainPair
 
 
 def test_dialogues_from_pairs_groups_image_to_text_pairs_by_image():
@@ -18,15 +22,25 @@ def test_dialogues_from_pairs_groups_image_to_text_pairs_by_image():
     assert [(t.question, t.answer) for t in dialogues[0].turns] == [("What colour is it?", "red"), ("How many?", "two")]
 
 
-def test_build_stage1_data_with_the_tiny_vlm_writes_and_resumes(tiny_config, data_root, tmp_path):
-    from comalite.data.io import read_dialogues
+QUESTIONS = ["How many objects are there?", "What color is the object at the top left?"]
 
+
+def test_the_tiny_vlm_answers_given_questions_and_a_rerun_resumes(tiny_config, data_root, tmp_path, monkeypatch):
     images = data_root / "images" / "stage1"
     out = tmp_path / "dialogues.jsonl"
     cfg = tiny_config()
-    n = build_stage1_data(cfg, images=images, out=out, limit=2, n_questions=2, save_every=1)
+    assert build_stage1_data(cfg, images=images, out=out, limit=2, questions=QUESTIONS, save_every=1) == 2
     written = read_dialogues(out, images)
-    assert n == len(written) <= 2
-    assert all(d.image and d.image.startswith(str(images)) and d.turns for d in written)
-    # A rerun finds every image already done and generates nothing new.
-    assert build_stage1_data(cfg, images=images, out=out, limit=2, n_questions=2) == n
+    assert [d.image for d in written] == [str(p) for p in sorted(images.rglob("*.png"))[:2]]
+    for d in written:
+        assert [t.question for t in d.turns] == QUESTIONS and all(t.answer.strip() for t in d.turns)
+    # A rerun finds every image already done: nothing is generated.
+    monkeypatch.setattr("comalite.data.dialogues.generate_dialogue", lambda *a, **k: pytest.fail("generated again"))
+    assert build_stage1_data(cfg, images=images, out=out, limit=2, questions=QUESTIONS) == 2
+
+
+def test_a_generator_that_answers_nothing_is_an_error(tiny_config, data_root, tmp_path, monkeypatch):
+    monkeypatch.setattr("comalite.data.dialogues.generate_dialogue", lambda backbone, image, **k: Dialogue((), image))
+    with pytest.raises(DataFormatError, match="no usable question and answer for any of the 2 images"):
+        build_stage1_data(tiny_config(), images=data_root / "images" / "stage1", out=tmp_path / "d.jsonl", limit=2)
+    assert not (tmp_path / "d.jsonl").exists()  # no empty file is left to look like data

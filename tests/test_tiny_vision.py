@@ -52,3 +52,58 @@ def test_pretrained_vit_tokens_carry_place_and_content(tiny_checkpoint):
     assert acc["row"] > 0.9 and acc["column"] > 0.9  # chance 0.25
     assert acc["color"] > 0.5                        # chance 1/8 (7 colours or none)
     assert report["vision_last_loss"] < 0.5 * report["vision_first_loss"]
+
+
+def _small_visual():
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from comalite.shapesworld import text_corpus
+    from comalite.tiny.build import TinyConfig, tiny_qwen2vl_config, train_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(text_corpus(seed=0, n=200), 400)
+    tc = TinyConfig(vision_depth=1, vision_dim=32, layers=1)
+    return Qwen2VLForConditionalGeneration(tiny_qwen2vl_config(tokenizer, tc)).model.visual, tokenizer
+
+
+def test_patch_embed_as_matmul_computes_the_same_tokens_and_is_undone():
+    from comalite.tiny.vision import image_tokens, patch_embed_as_matmul
+
+    visual, _ = _small_visual()
+    pixels, grid = torch.randn(128, 3 * 2 * 14 * 14), torch.tensor([[1, 8, 8], [1, 8, 8]])
+    with torch.no_grad():
+        conv = image_tokens(visual, pixels, grid)
+        with patch_embed_as_matmul(visual):
+            matmul = image_tokens(visual, pixels, grid)
+        after = image_tokens(visual, pixels, grid)
+    assert torch.allclose(conv, matmul, atol=1e-5)
+    assert torch.equal(conv, after) and "forward" not in vars(visual.patch_embed)
+
+
+def test_fresh_scenes_depend_only_on_seed_and_step():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from comalite.tiny.vision import FreshScenes
+
+    _, tokenizer = _small_visual()
+    processor = VLProcessor(tokenizer, Qwen2VLImageProcessorPil(min_pixels=112 * 112 // 4, max_pixels=112 * 112))
+    a, b = FreshScenes(processor, 0, 112, n_objects=4), FreshScenes(processor, 0, 112, n_objects=4)
+    pixels, grid, labels = a.batch_for_step(3, 5)
+    assert pixels.shape == (5 * 64, 3 * 2 * 14 * 14) and grid.tolist() == [[1, 8, 8]] * 5
+    assert torch.equal(labels, b.batch_for_step(3, 5)[2])
+    assert not torch.equal(labels, a.batch_for_step(4, 5)[2])
+    assert ((labels[..., 2] > 0).sum(1) == 4).all()  # four objects, each centred in a token of its own
+
+
+def test_stage0_dialogues_ask_distinct_questions_about_fresh_images(tmp_path):
+    from comalite.shapesworld import DESCRIBE
+    from comalite.tiny.build import stage0_dialogues
+
+    dialogues = stage0_dialogues(tmp_path / "images", 3, seed=0, image_size=112, n_turns=6)
+    assert len(dialogues) == 3
+    for d in dialogues:
+        assert len(d.turns) == 6 and len({t.question for t in d.turns}) == 6
+        assert all(t.question != DESCRIBE for t in d.turns)
+        assert Image.open(d.image).size == (112, 112)
+    again = stage0_dialogues(tmp_path / "again", 3, seed=0, image_size=112, n_turns=6)
+    assert [d.turns for d in again] == [d.turns for d in dialogues]  # seeded

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..backbone import Backbone, load_backbone
+from ..errors import DataFormatError
 from ..progress import progress_bar
 from ..records import IMAGE_PLACEHOLDER, Dialogue, TrainPair, Turn
 from ..sequence import CONTEXT, Example, add_image, collate
@@ -56,15 +57,17 @@ def _reply(backbone: Backbone, image_example: Example, prompt: str, max_new_toke
     return processor.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
-def generate_dialogue(backbone: Backbone, image: str, *, n_questions: int = 4,
+def generate_dialogue(backbone: Backbone, image: str, *, n_questions: int = 4, questions: list[str] | None = None,
                       max_new_tokens: int = 64) -> Dialogue:
-    """Ask the VLM for ``n_questions`` questions about ``image``, then for each answer (image in view)."""
+    """Ask the VLM for ``n_questions`` questions about ``image`` (or take the given ``questions``), then for
+    each an answer with the image in view. Turns without an answer are dropped."""
     head = Example([], [])
     head.add(backbone.processor.encode_text("<|im_start|>user\n"), CONTEXT)
     add_image(head, backbone.processor, image)
-    text = _reply(backbone, head, QUESTION_PROMPT.format(n=n_questions), max_new_tokens * n_questions)
-    questions = [re.sub(r"^\s*(\d+[.)]|[-*])\s*", "", line).strip() for line in text.splitlines()]
-    questions = [q for q in questions if q][:n_questions]
+    if questions is None:
+        text = _reply(backbone, head, QUESTION_PROMPT.format(n=n_questions), max_new_tokens * n_questions)
+        questions = [re.sub(r"^\s*(\d+[.)]|[-*])\s*", "", line).strip() for line in text.splitlines()]
+        questions = [q for q in questions if q][:n_questions]
     turns = tuple(Turn(q, _reply(backbone, head, q, max_new_tokens)) for q in questions)
     return Dialogue(turns=tuple(t for t in turns if t.answer), image=image)
 
@@ -77,10 +80,11 @@ def find_images(folder: str | Path) -> list[Path]:
 
 
 def build_stage1_data(cfg, *, images: str | Path, out: str | Path, generator: str = "", limit: int = 0,
-                      n_questions: int = 4, save_every: int = 50) -> int:
+                      n_questions: int = 4, questions: list[str] | None = None, save_every: int = 50) -> int:
     """Write a stage-1 jsonl for every image under ``images`` using ``generator`` (default: the preset's
-    backbone). Resumes: images already in ``out`` are skipped; the file is rewritten atomically every
-    ``save_every`` images. Returns the number of dialogues in ``out``."""
+    backbone), which writes ``n_questions`` questions per image or answers the fixed ``questions``.
+    Resumes: images already in ``out`` are skipped; the file is rewritten atomically every ``save_every``
+    images. Returns the number of dialogues in ``out``; a generator that answers nothing at all is an error."""
     out, image_root = Path(out), Path(images)
     paths = find_images(image_root)[:limit or None]
     done = read_dialogues(out, image_root) if out.exists() else []
@@ -89,12 +93,16 @@ def build_stage1_data(cfg, *, images: str | Path, out: str | Path, generator: st
     model_cfg = dataclasses.replace(cfg.model, backbone=generator or cfg.model.backbone)
     backbone = load_backbone(model_cfg, train_adapter=None, train_compression=False).eval()
     for i, path in enumerate(progress_bar(todo, desc="stage-1 dialogues"), 1):
-        dialogue = generate_dialogue(backbone, str(path), n_questions=n_questions)
+        dialogue = generate_dialogue(backbone, str(path), n_questions=n_questions, questions=questions)
         if dialogue.turns:
             done.append(dialogue)
         else:
             log.warning("no usable question/answer for %s; skipped", path)
-        if i % save_every == 0 or i == len(todo):
+        if done and (i % save_every == 0 or i == len(todo)):
             out.parent.mkdir(parents=True, exist_ok=True)
             write_dialogues(done, out, image_root)
+    if not done:
+        raise DataFormatError(f"{generator or cfg.model.backbone} wrote no usable question and answer for any of "
+                              f"the {len(todo)} images under {image_root}: use a chat-tuned VLM (--generator) or give "
+                              "the questions to answer (--question)")
     return len(done)

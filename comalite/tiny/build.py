@@ -9,10 +9,11 @@ earns that role honestly:
 3. its ViT is pre-trained alone so that each image token tells where it is and what object is centred
    there (``comalite.tiny.vision``), as the real model's ViT was pre-trained before the VLM: question
    answering alone teaches a from-scratch ViT too slowly, and the model stayed image-blind;
-4. the model is saved like a hub checkpoint, then "stage 0": a short generative pre-training on
-   ShapesWorld QA (ordinary causal attention, ViT frozen, every language-model parameter trained, no
-   compression tokens) through the same loader, sequence builder, objective and training loop that
-   stage 1 uses;
+4. the model is saved like a hub checkpoint, then "stage 0": a generative pre-training on ShapesWorld
+   QA (ordinary causal attention, ViT frozen, every language-model parameter trained, no compression
+   tokens) through the same loader, sequence builder, objective and training loop that stage 1 uses. Its
+   data: the stage-1 training dialogues plus ``stage0_scenes`` more scenes drawn for it
+   (``stage0_dialogues``), one QA turn per sequence;
 5. the result is saved with ``save_pretrained`` and from then on loaded exactly like a real checkpoint.
 ``tiny_report.json`` beside it records what the ViT's tokens hold and the held-out answer accuracy, overall
 and by question type, against an image-blind baseline.
@@ -24,10 +25,12 @@ import json
 import logging
 import shutil
 import time
+import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
@@ -40,7 +43,7 @@ from ..objective import answer_accuracy, train_lm
 from ..processor import VLProcessor
 from ..records import Dialogue
 from ..sequence import dialogue_examples
-from ..shapesworld import question_template, text_corpus
+from ..shapesworld import qa_dialogue, question_template, render, sample_scene, text_corpus
 from .vision import pretrain_vision
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ CHAT_TEMPLATE = (
 
 @dataclass
 class TinyConfig:
-    """How the tiny VLM is built. Defaults: ~1M parameters, 16 LLM tokens per 112 px image."""
+    """How the tiny VLM is built. Defaults: ~1.9M parameters (1.0M of them the ViT), 16 LLM tokens per 112 px image."""
 
     seed: int = 0
     vocab_size: int = 640             # BPE vocabulary trained on ShapesWorld text
@@ -65,36 +68,44 @@ class TinyConfig:
     heads: int = 4
     kv_heads: int = 2
     intermediate: int = 384
-    vision_depth: int = 2
-    vision_dim: int = 64
+    vision_depth: int = 4
+    vision_dim: int = 128
+    vision_heads: int = 4
+    vision_mlp_ratio: int = 2
     image_size: int = 112
     stage0: TrainConfig = None        # set in __post_init__
     supervise: str = "answers"        # stage-0 loss on answers only: questions are templates, answers need the image
-    split_turns: bool = True          # one QA turn per sequence: 5x more image passes for the same tokens,
-                                      # and no copying answers from an earlier description in context
+    split_turns: bool = True          # one QA turn per sequence: no copying answers from an earlier turn or
+                                      # description in context (6-turn sequences: "where" fell 53 -> 20 %)
 
     vision: TrainConfig = None        # ViT pre-training on token labels; set in __post_init__
-    vision_scenes: int = 6000         # fresh seeded scenes for it (re-used across epochs)
+    vision_scenes: int = 0            # seeded scenes for it, re-used across epochs (0: new scenes every step)
     vision_heldout: int = 500         # scenes that only measure it
+    vision_objects: int | None = 4    # objects per pre-training scene (None: 1-4, as ShapesWorld draws them);
+                                      # 4: 1.6x more labelled objects per (costly) ViT step
     threads: int = 1                  # torch CPU threads for the build: its matrices are too small to share, and
                                       # on a busy CPU extra threads make steps 10-100x slower (benchmarks/)
+    stage0_scenes: int = 20000        # more seeded scenes for stage 0 beyond the stage-1 training dialogues
+    stage0_turns: int = 5             # questions asked about each (``stage0_dialogues``)
     stage0_trains_vision: bool = False  # False: the pre-trained ViT stays frozen in stage 0 (as in LLaVA),
                                         # so the LLM learns to read it instead of the ViT drifting
 
     def __post_init__(self):
         if self.stage0 is None:
-            self.stage0 = TrainConfig(steps=400, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=100,
+            self.stage0 = TrainConfig(steps=1500, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=100,
                                       log_every=20, weight_decay=0.01)
         if self.vision is None:
-            self.vision = TrainConfig(steps=800, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=0,
+            self.vision = TrainConfig(steps=1000, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=0,
                                       log_every=50, weight_decay=0.01)
 
     @classmethod
     def smoke(cls) -> "TinyConfig":
         """Short stages for tests and notebooks' smoke mode: a working checkpoint, not a good VLM."""
         short = dict(lr=3e-3, warmup_ratio=0.05, save_every=0, log_every=50)
-        return cls(stage0=TrainConfig(steps=150, batch_size=32, **short),
-                   vision=TrainConfig(steps=250, batch_size=64, **short), vision_scenes=1500, vision_heldout=200)
+        # The first build's small ViT on a fixed set of scenes: the shipped one's costs ~4x more per step.
+        return cls(stage0=TrainConfig(steps=150, batch_size=32, **short), vision=TrainConfig(steps=250, batch_size=64, **short),
+                   vision_depth=2, vision_dim=64, vision_scenes=1500, vision_objects=None, vision_heldout=200,
+                   stage0_scenes=0)
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -122,11 +133,27 @@ def tiny_qwen2vl_config(tokenizer, tc: TinyConfig) -> Qwen2VLConfig:
                                                                "mrope_section": section},
                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
                 tie_word_embeddings=True)
-    vision = dict(depth=tc.vision_depth, embed_dim=tc.vision_dim, hidden_size=tc.hidden, num_heads=4,
-                  mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    vision = dict(depth=tc.vision_depth, embed_dim=tc.vision_dim, hidden_size=tc.hidden, num_heads=tc.vision_heads,
+                  mlp_ratio=tc.vision_mlp_ratio, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     return Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
                          video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                          vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
+
+
+def stage0_dialogues(folder: Path, n: int, seed: int, image_size: int, n_turns: int) -> list[Dialogue]:
+    """``n`` more ShapesWorld scenes for stage 0, drawn as stage 1's are (1-4 objects, never a held-out
+    colour/shape combination) but from a stream of their own, their images written as PNG under ``folder``,
+    each asked ``n_turns`` questions of different types (no description): stage 0 then sees many more
+    distinct images than the stage-1 set's, each a few times instead of many times."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, zlib.crc32(b"tiny stage 0")])
+    out = []
+    for i in range(n):
+        scene = sample_scene(rng)
+        path = folder / f"{i:06d}.png"
+        render(scene, image_size).save(path, format="PNG", compress_level=1)
+        out.append(Dialogue(turns=qa_dialogue(scene, rng, n_turns), image=str(path)))
+    return out
 
 
 def blind_baseline(train: list[Dialogue], test: list[Dialogue]) -> float:
@@ -184,24 +211,30 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Pat
     init_dir = work / "init"
     clock = time.perf_counter()
     vision = pretrain_vision(model.model.visual, VLProcessor(tokenizer, image_processor), tc.vision, work / "vision",
-                             n_scenes=tc.vision_scenes, n_heldout=tc.vision_heldout, image_size=tc.image_size)
+                             n_scenes=tc.vision_scenes, n_heldout=tc.vision_heldout, image_size=tc.image_size,
+                             n_objects=tc.vision_objects)
     vision_seconds = time.perf_counter() - clock
     model.save_pretrained(str(init_dir))
     tokenizer.save_pretrained(str(init_dir))
     image_processor.save_pretrained(str(init_dir))
 
+    # The ViT is frozen in stage 0 (unless stage0_trains_vision): each image through it once (comalite.vision_cache).
     mcfg = ModelConfig(backbone=str(init_dir), quantization="none", dtype="fp32", device="cpu", n_compress=0,
-                       gradient_checkpointing=False, min_pixels=pixels // 4, max_pixels=pixels, cpu_threads=tc.threads)
+                       gradient_checkpointing=False, min_pixels=pixels // 4, max_pixels=pixels, cpu_threads=tc.threads,
+                       vision_cache_mb=1024)
     backbone = load_backbone(mcfg, train_adapter=None, train_compression=False)
     backbone.hf.requires_grad_(True)
     backbone.visual.requires_grad_(tc.stage0_trains_vision)
     dialogues = stage1_dialogues(data_cfg)
     n_heldout = data_cfg.stage1.heldout  # the same dialogues stage 1 holds out
     train, heldout = dialogues[:-n_heldout], dialogues[-n_heldout:]
+    stage0 = train + stage0_dialogues(work / "stage0_images", tc.stage0_scenes, tc.seed, tc.image_size,
+                                      tc.stage0_turns)
     if tc.split_turns:
         train = [Dialogue(turns=(turn,), image=d.image, text=d.text) for d in train for turn in d.turns]
+        stage0 = [Dialogue(turns=(turn,), image=d.image, text=d.text) for d in stage0 for turn in d.turns]
     clock = time.perf_counter()
-    history = train_lm(backbone, train, tc.stage0, work / "stage0", compression_mask=False, supervise=tc.supervise,
+    history = train_lm(backbone, stage0, tc.stage0, work / "stage0", compression_mask=False, supervise=tc.supervise,
                        with_compression=False, stage1_cfg=data_cfg.stage1, desc="stage 0")
     stage0_seconds = time.perf_counter() - clock
     heldout_examples = dialogue_examples(backbone.processor, heldout, data_cfg.stage1, with_compression=False)
@@ -222,7 +255,7 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Pat
         "heldout_by_question_type": by_type,
         "stage0_first_loss": history[0]["loss"], "stage0_last_loss": history[-1]["loss"],
         "vision_seconds": round(vision_seconds, 1), "stage0_seconds": round(stage0_seconds, 1),
-        "stage0_sequences": len(train),
+        "stage0_sequences": len(stage0),
         "parameters": sum(p.numel() for p in backbone.hf.parameters()),
         "build_seconds": round(time.perf_counter() - start, 1), "torch_threads": torch.get_num_threads(),
         "config": asdict(tc)}
