@@ -220,7 +220,9 @@ class Backbone:
         position_ids, _ = self.hf.model.get_rope_index(ids, mm_token_type_ids=mm_types, image_grid_thw=grid,
                                                        attention_mask=pad_mask)
         mask = pad_mask if allowed is None else additive_mask(allowed.to(dev), self.dtype)
-        encoded = {"image": BaseModelOutputWithPooling(pooler_output=self.image_tokens(batch))} if "images" in batch else {}
+        encoded = {}
+        if "images" in batch:
+            encoded["image"] = BaseModelOutputWithPooling(pooler_output=self.image_tokens(batch))
         out = self.hf.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, image_grid_thw=grid,
                             mm_token_type_ids=mm_types, mm_encoder_outputs=encoded, use_cache=False)
         return out.last_hidden_state

@@ -75,7 +75,8 @@ def cmd_check_data(args) -> None:
     rows = check_folder(args.folder, image_root=args.images)
     print("| dataset | kind | rows | distinct images | candidates per query | problem |\n|---|---|---:|---:|---|---|")
     for r in rows:
-        print(f"| {r['dataset']} | {r['kind']} | {r['rows']} | {r['images']} | {r['candidates']} | {r['problem'] or 'ok'} |")
+        cells = (r["dataset"], r["kind"], r["rows"], r["images"], r["candidates"], r["problem"] or "ok")
+        print("| " + " | ".join(map(str, cells)) + " |")
     bad = [r for r in rows if r["problem"]]
     print(f"\n{len(rows)} datasets, {len(bad)} with a problem" + (": see the first problem named above" if bad else ""))
     if bad:

@@ -143,7 +143,8 @@ def summarize(rows: list[dict]) -> list[dict]:
                  "mean": {n: float(np.mean([m[n] for m in by_seed.values()])) for n in names},
                  "std": {n: float(np.std([m[n] for m in by_seed.values()], ddof=1)) if len(by_seed) > 1 else 0.0
                          for n in names}}
-        baseline = [r for r in rows if key(r) == ("contrastive_only", variant if variant.startswith("k") else "", split, steps)]
+        same_k = variant if variant.startswith("k") else ""  # K changes the baseline too; other variants do not
+        baseline = [r for r in rows if key(r) == ("contrastive_only", same_k, split, steps)]
         paired = {r["seed"]: metrics(r) for r in baseline}
         common = sorted(set(by_seed) & set(paired))
         if arm != "contrastive_only" and common:
@@ -259,7 +260,8 @@ def run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts:
         rows.append(run_cell(preset, overrides, cell, root))
     if "compute" in parts:
         # Contrastive-only, given CoMa's stage-1 time as extra stage-2 steps at its own measured step cost.
-        coma = [r for r in rows if r["arm"] == "coma" and r["steps"] == full and not r["variant"] and r["split"] == "all"]
+        coma = [r for r in rows
+                if r["arm"] == "coma" and r["steps"] == full and not r["variant"] and r["split"] == "all"]
         plain = [r for r in rows if r["arm"] == "contrastive_only" and r["steps"] == full and not r["variant"]
                  and r["split"] == "all"]
         stage1_seconds = np.mean([r["train_seconds"] for r in coma]) - np.mean([r["train_seconds"] for r in plain])
@@ -273,7 +275,8 @@ def run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts:
                                                   [r["aggregates"][g] for r in sorted(longer, key=lambda r: r["seed"])])
                              for g in GROUPS}}
     meta = {"base": untrained["aggregates"]["base"], "chance": untrained["chance_aggregates"],
-            "equal_compute": equal_compute if "compute" in parts else None, "preset": preset, "overrides": list(overrides), "seeds": seeds, "budgets": budgets, "parts": list(parts),
+            "equal_compute": equal_compute if "compute" in parts else None, "preset": preset,
+            "overrides": list(overrides), "seeds": seeds, "budgets": budgets, "parts": list(parts),
             "n_queries": sorted(set(v for r in rows for v in r["n_queries"].values()))}
     summary = summarize(rows)
     out.mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,8 @@ def lesson_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> C
 def _learned_settings(cfg: Config) -> dict:
     """The settings of the sections a stage learns from (model, data, stage 1, stage 2), flattened, without
     the ``WHERE_SETTINGS``."""
-    tree = flatten({section: dataclasses.asdict(getattr(cfg, section)) for section in ("model", "data", "stage1", "stage2")})
+    sections = ("model", "data", "stage1", "stage2")
+    tree = flatten({section: dataclasses.asdict(getattr(cfg, section)) for section in sections})
     return {k: v for k, v in tree.items() if k.rsplit(".", 1)[-1] not in WHERE_SETTINGS}
 
 

@@ -125,7 +125,8 @@ def lm_step(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig, *
 
     def step_fn(step: int) -> float:
         backbone.train()
-        micro_batches = np.array_split(np.array(batch_indices(step, train.batch_size, len(dialogues), train.seed)), micro)
+        indices = batch_indices(step, train.batch_size, len(dialogues), train.seed)
+        micro_batches = np.array_split(np.array(indices), micro)
         total = 0.0
         for k in mine:
             seed_chunk(train.seed, step, k)

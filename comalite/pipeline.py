@@ -57,7 +57,8 @@ def build_tiny(name: str = "tiny") -> Path:
     """Build the tiny VLM called ``name`` (``tiny`` or ``tiny-smoke``) into ``data/``, replacing it."""
     preset, recipe = TINY_BUILDS[name]
     out = data_dir() / name.replace("tiny", "tiny-vlm", 1)
-    log.warning("building the %s VLM into data/%s (%s on a CPU)", name, out.name, "a minute" if name == "tiny-smoke" else "minutes")
+    log.warning("building the %s VLM into data/%s (%s on a CPU)", name, out.name,
+                "a minute" if name == "tiny-smoke" else "an hour")
     data_cfg = load_config(preset)
     ensure_data(data_cfg)
     return build_tiny_vlm(out, recipe(), data_cfg=data_cfg)

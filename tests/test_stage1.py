@@ -24,18 +24,18 @@ def test_batch_indices_cover_each_epoch_once_and_depend_only_on_arguments():
 
 
 def test_stage1_run_lowers_the_answer_loss_through_the_compression_tokens(tiny_config):
-    cfg = tiny_config("stage1.train.steps=60", "stage1.train.batch_size=16", "stage1.train.save_every=0")
+    cfg = tiny_config("stage1.train.steps=40", "stage1.train.batch_size=16", "stage1.train.save_every=0")
     out = run_stage1(cfg)
     metrics = read_result(out)["metrics"]
     print(json.dumps({k: v for k, v in metrics.items() if k != "summary"}, indent=1))
     # The smoke VLM has had a short stage 0; measured here: held-out exact answers through the compression
-    # tokens 24 % -> 36 % (246 answers), answer loss 0.82 -> 0.70. The margins leave room for thread counts.
+    # tokens 28 % -> 39 % (246 answers) in 40 steps. The margins leave room for thread counts.
     assert metrics["last_loss"] < 0.9 * metrics["first_loss"]
     assert metrics["answer_loss_after"] < metrics["answer_loss_before"] - 0.05
     assert metrics["answer_accuracy_after"] > metrics["answer_accuracy_before"] + 0.05
     assert (out / "adapters" / "stage1" / "adapter_config.json").exists()
     assert (out / "compression.safetensors").exists()
-    assert json.loads((out / "history.json").read_text())[-1]["step"] == 60
+    assert json.loads((out / "history.json").read_text())[-1]["step"] == 40
 
 
 def test_stage1_resume_equals_uninterrupted(tiny_config, tmp_path):

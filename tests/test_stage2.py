@@ -54,17 +54,17 @@ def test_inbatch_accuracy_counts_a_shared_label_once(monkeypatch):
 
 
 def test_coma_stage2_trains_from_the_stage1_result(tiny_config):
-    cfg = tiny_config(*STAGE1, "stage2.train.steps=40", "stage2.train.batch_size=32", "stage2.sub_batch_size=16",
+    cfg = tiny_config(*STAGE1, "stage2.train.steps=25", "stage2.train.batch_size=32", "stage2.sub_batch_size=16",
                       "stage2.chunk_size=16", "stage2.train.save_every=0")
     run_stage1(cfg)
     out = run_stage2(cfg)
     metrics = read_result(out)["metrics"]
     print(json.dumps({k: v for k, v in metrics.items() if k != "summary"}, indent=1))
-    # The smoke VLM barely sees (a short stage 0); measured here: held-out in-batch retrieval 14 % -> 33 %
-    # (36 pairs, chance 20 %). The margins leave room for thread counts.
+    # The smoke VLM barely sees (a short stage 0); measured here: held-out in-batch retrieval 17 % -> 28 %
+    # (36 pairs, chance 20 %), 25 steps. The margins leave room for thread counts.
     losses = [h["loss"] for h in json.loads((out / "history.json").read_text())]
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 1.0
-    assert metrics["heldout_accuracy_after"] > metrics["heldout_accuracy_before"] + 0.1
+    assert metrics["heldout_accuracy_after"] > metrics["heldout_accuracy_before"] + 0.05
     assert metrics["heldout_accuracy_after"] > metrics["chance"]
     # 120 pairs a subset -> 6 held out, one block each; a label held out twice counts as one target.
     assert metrics["heldout_pairs"] == 36 and 1 / 6 <= metrics["chance"] < 1

@@ -20,6 +20,7 @@ from ..errors import DataFormatError
 from ..progress import progress_bar
 from ..records import IMAGE_PLACEHOLDER, Dialogue, TrainPair, Turn
 from ..sequence import CONTEXT, Example, add_image, collate
+from .images import load_image
 from .io import read_dialogues, write_dialogues
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ def generate_dialogue(backbone: Backbone, image: str, *, n_questions: int = 4, q
     head = Example([], [])
     head.add(backbone.processor.encode_text("<|im_start|>user\n"), CONTEXT)
     add_image(head, backbone.processor, image)
+    if head.pixel_values is None:  # the vision cache held its tokens, but transformers' generate wants patches
+        head.pixel_values, _ = backbone.processor.encode_image(load_image(image))
     if questions is None:
         text = _reply(backbone, head, QUESTION_PROMPT.format(n=n_questions), max_new_tokens * n_questions)
         questions = [re.sub(r"^\s*(\d+[.)]|[-*])\s*", "", line).strip() for line in text.splitlines()]

@@ -79,7 +79,8 @@ def _jsonl_records(file) -> Iterator[tuple[int, dict]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataFormatError(f"{file}, line {line_no}: not valid JSON ({e}). Fix or remove the line.") from None
+                raise DataFormatError(f"{file}, line {line_no}: not valid JSON ({e}). "
+                                      "Fix or remove the line.") from None
             if not isinstance(record, dict):
                 raise DataFormatError(f"{file}, line {line_no}: expected a JSON object. Fix or remove the line.")
             yield line_no, record

@@ -103,7 +103,8 @@ class TinyConfig:
         """Short stages for tests and notebooks' smoke mode: a working checkpoint, not a good VLM."""
         short = dict(lr=3e-3, warmup_ratio=0.05, save_every=0, log_every=50)
         # The first build's small ViT on a fixed set of scenes: the shipped one's costs ~4x more per step.
-        return cls(stage0=TrainConfig(steps=150, batch_size=32, **short), vision=TrainConfig(steps=250, batch_size=64, **short),
+        return cls(stage0=TrainConfig(steps=150, batch_size=32, **short),
+                   vision=TrainConfig(steps=250, batch_size=64, **short),
                    vision_depth=2, vision_dim=64, vision_scenes=1500, vision_objects=None, vision_heldout=200,
                    stage0_scenes=0)
 

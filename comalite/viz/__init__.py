@@ -15,7 +15,8 @@ What is where (import everything from ``comalite.viz`` itself):
 - ``figures``: :func:`plot_loss_curves` with :func:`ema_smooth`, :func:`plot_similarity_matrix`,
   :func:`plot_results_bars`.
 - ``space``: :func:`project_2d` (PCA or UMAP) and :func:`plot_embedding_space`.
-- ``gallery``: :func:`plot_query_candidates`, :func:`top_k`, :func:`plot_retrieval_gallery` and :func:`neighbour_explorer`.
+- ``gallery``: :func:`plot_query_candidates`, :func:`top_k`, :func:`plot_retrieval_gallery` and
+  :func:`neighbour_explorer`.
 """
 from .attention_mask import plot_attention_mask, role_segments
 from .figures import ema_smooth, plot_loss_curves, plot_results_bars, plot_similarity_matrix
