@@ -2,7 +2,7 @@
 
 Everything lives under temporary folders (``COMALITE_HOME`` for runs, ``COMALITE_DATA`` for data): the
 ``tiny-smoke`` preset's small ShapesWorld and its briefly trained tiny VLM (it only has to be a working
-Qwen2-VL checkpoint; the shipped one is the demo's). One torch thread per process
+Qwen2-VL checkpoint; the repository ships it in ``data/tiny-vlm-smoke``, copied in, built only if absent). One torch thread per process
 (``COMALITE_CPU_THREADS=1``): notebook kernels and a demo may run beside the tests on two cores.
 """
 from __future__ import annotations
@@ -22,6 +22,11 @@ if not os.environ.get("COMALITE_KEEP_TEST_HOME"):  # set it to inspect a session
 os.environ["COMALITE_HOME"] = str(_HOME / "home")
 # COMALITE_TEST_DATA: a data folder an earlier session built (smoke ShapesWorld + tiny VLM), to iterate faster.
 os.environ["COMALITE_DATA"] = os.environ.get("COMALITE_TEST_DATA") or str(_HOME / "data")
+_SHIPPED_SMOKE = Path(__file__).resolve().parent.parent / "data" / "tiny-vlm-smoke"
+if not os.environ.get("COMALITE_TEST_DATA") and _SHIPPED_SMOKE.is_dir():
+    # The repository's smoke VLM (checksummed): every machine tests the same weights, and no session pays
+    # its build; tests/test_benchmarks.py still runs the build itself.
+    shutil.copytree(_SHIPPED_SMOKE, _HOME / "data" / _SHIPPED_SMOKE.name)
 os.environ["COMALITE_CPU_THREADS"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

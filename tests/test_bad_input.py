@@ -365,7 +365,7 @@ def test_a_bad_setting_is_one_message_before_anything_runs(capsys, no_model_load
 
 def test_an_unknown_preset_lists_the_known_ones(capsys):
     assert cli_error(capsys, "config", "--preset", "qwen2-vl-2B").startswith(
-        "no preset 'qwen2-vl-2B'; known presets: qwen2-vl-2b, qwen2.5-vl-3b, tiny, tiny-smoke (or a .yaml path)")
+        "no preset 'qwen2-vl-2B'; known presets: qwen2-vl-2b, qwen2.5-vl-3b, tiny, tiny-experiment, tiny-smoke (or a .yaml path)")
 
 
 def test_stage2_with_init_backbone_runs_the_contrastive_only_baseline(capsys, tmp_path, monkeypatch):
@@ -508,8 +508,10 @@ def test_a_learning_rate_that_diverges_stops_the_run(capsys, tmp_path, tiny_home
 def _start(out: Path) -> subprocess.Popen:
     """``comalite stage1 ... RUN`` in a process of its own, stderr into ``<out>.log``."""
     argv = [sys.executable, "-m", "comalite.cli", "stage1", *smoke(out, *RUN)]
+    # SIGINT back to its default: a shell's background job (nohup ... &) starts with it ignored, and Python
+    # then never turns it into KeyboardInterrupt; a user's Ctrl-C always arrives with the default.
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=out.with_suffix(".log").open("w"),
-                            env=dict(os.environ))
+                            env=dict(os.environ), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _stop_at_first_checkpoint(processes: dict[Path, subprocess.Popen]) -> threading.Thread:
