@@ -19,6 +19,7 @@ paired difference CoMa minus contrastive-only (same seed, same budget) with a 95
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -28,7 +29,9 @@ from scipy import stats
 
 from .atomic import atomic_write_json, atomic_write_text
 from .config import Config, load_config
+from .errors import ComaliteError
 from .eval import get_dataset_info
+from .paths import repo_dir
 from .pipeline import ensure_stage, evaluate_models, stage_config
 from .result import read_result
 
@@ -45,6 +48,7 @@ TRANSFER_SUBSETS = ("SW-Count", "SW-Object", "SW-VQA")
 """Stage 2 of the transfer split trains on classification and VQA only; retrieval and grounding are unseen."""
 
 GROUPS = ("classification", "vqa", "retrieval", "grounding", "IND", "OOD", "overall")
+REPORT_FILE = "results.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,11 +280,40 @@ def run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts:
                              for g in GROUPS}}
     meta = {"base": untrained["aggregates"]["base"], "chance": untrained["chance_aggregates"],
             "equal_compute": equal_compute if "compute" in parts else None, "preset": preset,
-            "overrides": list(overrides), "seeds": seeds, "budgets": budgets, "parts": list(parts),
+            "overrides": list(overrides), "seeds": seeds, "budgets": budgets, "full_steps": full, "parts": list(parts),
             "n_queries": sorted(set(v for r in rows for v in r["n_queries"].values()))}
     summary = summarize(rows)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json({"meta": meta, "summary": summary, "runs": rows}, out / "results.json")
+    atomic_write_json({"meta": meta, "summary": summary, "runs": rows}, out / REPORT_FILE)
     atomic_write_text(out / "results.md", format_report(summary, meta))
     plot_budget_curve(summary, out / "budget_curve.png", floor=meta["chance"])
     return {"meta": meta, "summary": summary, "runs": rows}
+
+
+def committed_report() -> Path | None:
+    """The report committed with this checkout (``docs/experiments/does_compression_help``), or None when
+    comalite runs from an installed copy."""
+    repo = repo_dir()
+    return repo / "docs" / "experiments" / "does_compression_help" if repo else None
+
+
+def load_report(folder: str | Path) -> dict:
+    """``results.json`` of a report folder that ``run_experiment`` (``comalite experiment --out``) wrote."""
+    path = Path(folder) / REPORT_FILE
+    if not path.exists():
+        raise ComaliteError(f"{path} does not exist: run `comalite experiment --out {folder}` first")
+    return json.loads(path.read_text())
+
+
+def difference_in_words(diff: dict, what: str = "CoMa", than: str = "contrastive-only") -> str:
+    """A paired difference as a plain sentence: its size in points, its interval, and whether the interval
+    leaves zero out (then the seeds agree on the sign)."""
+    mean, (low, high) = 100 * diff["mean"], (100 * diff["ci95"][0], 100 * diff["ci95"][1])
+    if diff["seeds"] < 2:
+        verdict = "one seed: no interval, so no verdict"
+    elif low > 0 or high < 0:
+        verdict = f"{what} is {'better' if mean > 0 else 'worse'}: the interval leaves zero out"
+    else:
+        verdict = "the interval holds zero: no difference the seeds can tell apart"
+    return (f"{what} minus {than}: {mean:+.1f} points (95 % interval {low:+.1f} to {high:+.1f}, "
+            f"{diff['seeds']} seeds); {verdict}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 from scipy import stats
 
-from comalite.experiment import ABLATIONS, ARMS, Cell, grid, paired_difference, summarize, transfer_groups
+from comalite.errors import ComaliteError
+from comalite.experiment import (ABLATIONS, ARMS, Cell, difference_in_words, grid, load_report, paired_difference,
+                                 summarize, transfer_groups)
 
 
 def test_the_paired_difference_is_a_t_interval_over_seeds():
@@ -47,3 +49,19 @@ def test_summaries_pair_each_arm_with_contrastive_only_of_the_same_seed():
 def test_transfer_groups_split_seen_and_unseen_task_families():
     groups = transfer_groups({"SW-Count": 0.8, "SW-VQA": 0.4, "SW-T2I": 0.1, "SW-Ground": 0.3})
     assert groups == pytest.approx({"seen tasks": 0.6, "unseen tasks": 0.2})
+
+
+def test_a_difference_in_words_says_whether_the_interval_leaves_zero_out():
+    better = paired_difference([0.50, 0.60, 0.70], [0.40, 0.45, 0.65])  # +10 points, interval +- 12.4
+    assert difference_in_words(better) == ("CoMa minus contrastive-only: +10.0 points (95 % interval -2.4 to +22.4, "
+                                           "3 seeds); the interval holds zero: no difference the seeds can tell apart")
+    clear = paired_difference([0.50, 0.61, 0.72], [0.40, 0.50, 0.60])  # differences 0.10, 0.11, 0.12
+    assert difference_in_words(clear).endswith("CoMa is better: the interval leaves zero out")
+    worse = paired_difference([0.40, 0.50, 0.60], [0.50, 0.61, 0.72])
+    assert difference_in_words(worse, "QA without the mask").endswith("QA without the mask is worse: the interval leaves zero out")
+    assert difference_in_words(paired_difference([0.5], [0.4])).endswith("one seed: no interval, so no verdict")
+
+
+def test_a_missing_report_says_how_to_make_it(tmp_path):
+    with pytest.raises(ComaliteError, match="run `comalite experiment --out"):
+        load_report(tmp_path)

@@ -38,7 +38,8 @@ def _render_module():
 
 render = _render_module()
 NOTEBOOKS = render.notebooks()
-EXPECTED = ["01_data", "02_stage1_compression", "03_stage2_contrastive", "04_mmeb_subsets", "05_embedding_space"]
+EXPECTED = ["01_data", "02_stage1_compression", "03_stage2_contrastive", "04_mmeb_subsets", "05_embedding_space",
+            "06_does_compression_help"]
 ABSOLUTE_PATH = re.compile(r"(/tmp/|/home/|/root/|/work/|/Users/|/private/var/)")
 """Machine paths that must never show in an output (a lesson prints paths relative to the checkout or data)."""
 PROGRESS_BAR = re.compile(r"\d+%\|")
