@@ -9,7 +9,9 @@
 # Environment: OUT (results folder), VENV (default .cache/venv-gpu, created with --system-site-packages so a
 # CUDA torch already on the machine is reused), PYTHON, TORCH_SPEC (what to pip-install when the venv has no
 # torch or when set, e.g. "torch --index-url https://download.pytorch.org/whl/cu124"), STAGE2_BATCH (256),
-# STEPS (2), BENCH_SECONDS (420: the benchmark is stopped after this; its JSON keeps what it measured).
+# STEPS (2), BENCH_SECONDS (420: the benchmark is stopped after this; its JSON keeps what it measured),
+# IMAGE_SIZES (e.g. "448 644": also measure nf4 at these image sides, 256 and 529 LLM tokens per image; the
+# default run uses the preset's budget, 896 px = 1024 tokens; README "The image budget" quotes estimates until then).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +48,13 @@ timeout -k 15 "${BENCH_SECONDS:-420}" "$VPY" benchmarks/bench_real_recipe.py --d
   --steps "${STEPS:-2}" --warmup 1 --stage2-batch "${STAGE2_BATCH:-256}" --timeout 300 \
   --out "$OUT_DIR/real_recipe_cuda.json"
 bench_rc=$?
+
+for size in ${IMAGE_SIZES:-}; do
+  echo "== 3. image budget: ${size} x ${size} px, nf4"
+  timeout -k 15 "${BENCH_SECONDS:-420}" "$VPY" benchmarks/bench_real_recipe.py --device cuda --quantizations nf4 \
+    --steps "${STEPS:-2}" --warmup 1 --stage2-batch "${STAGE2_BATCH:-256}" --image-size "$size" --timeout 300 \
+    --out "$OUT_DIR/real_recipe_cuda_${size}px.json" || bench_rc=$?
+done
 
 echo "== done: mask tests exit $tests_rc, benchmark exit $bench_rc; results in $OUT_DIR"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

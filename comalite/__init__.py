@@ -22,6 +22,7 @@ _EXPORTS = {
     "evaluate_models": "comalite.pipeline",
     "embedding_model": "comalite.pipeline",
     "EmbeddingModel": "comalite.embedding",
+    "ImageIndex": "comalite.search",
     "format_table": "comalite.eval",
 }
 __all__ = sorted(_EXPORTS)

@@ -238,7 +238,8 @@ class Backbone:
         cache = None if trains else self.processor.vision_cache
         tokens: list[torch.Tensor | None] = [None] * len(paths)
         if cache is not None:
-            tokens = [hit[1] if (hit := cache.get(path)) is not None else None for path in paths]
+            # An in-memory image (path None) has no file identity to cache it by.
+            tokens = [hit[1] if path is not None and (hit := cache.get(path)) is not None else None for path in paths]
         todo = [i for i, t in enumerate(tokens) if t is None]
         if todo:
             # An image cached when its example was built may have been evicted since: encode it again.
@@ -249,7 +250,7 @@ class Backbone:
                                                        grids[todo].to(self.device), return_dict=True)
             for i, t in zip(todo, out.pooler_output):
                 tokens[i] = t
-                if cache is not None:
+                if cache is not None and paths[i] is not None:
                     cache.put(paths[i], grids[i], t)
         return tokens
 

@@ -8,6 +8,7 @@
     comalite check-data DIR [--images DIR]           # report on a local MMEB-train or MMEB-eval folder
     comalite build-tiny [--smoke]                    # rebuild the tiny VLM in data/
     comalite stage1-data --images DIR --out FILE     # QA dialogues for real images
+    comalite export RESULT --out DIR [--base B]      # a result folder for plain transformers + peft
     comalite config     [--preset P]                 # print the resolved configuration
 
 A run folder records the settings and inputs that made it: the same command resumes or reuses it; other
@@ -118,6 +119,14 @@ def cmd_demo(args) -> None:
     print(f"results, checkpoints and plots under {cfg.run_dir()}")
 
 
+def cmd_export(args) -> None:
+    from .export import export_model
+
+    _writable_folder(Path(args.out).absolute().parent)
+    out = export_model(args.result, args.out, base=args.base or None)
+    print(f"exported {args.result} to {out}: loads with transformers + peft, no comalite (see {out / 'README.md'})")
+
+
 def cmd_experiment(args) -> None:
     from .experiment import run_experiment
 
@@ -135,9 +144,11 @@ def cmd_stage1_data(args) -> None:
         raise DataFormatError(f"--images {args.images}: no such folder. Give the folder of images (searched "
                               "recursively).")
     _writable_folder(Path(args.out).absolute().parent)
-    n = build_stage1_data(_config(args), images=args.images, out=args.out, generator=args.generator,
-                          limit=args.limit, questions=args.question or None)
-    print(f"wrote {n} dialogues to {args.out}")
+    cfg = _config(args)
+    r = build_stage1_data(cfg, images=args.images, out=args.out, generator=args.generator, limit=args.limit,
+                          questions=args.question or None)
+    print(f"{args.out}: {r.dialogues} dialogues, {r.new} new ({r.skipped} images skipped); {r.answers_cut} of "
+          f"{r.answers} new answers cut at writer.max_answer_tokens={cfg.writer.max_answer_tokens}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--models", default="base,stage1,contrastive_only,stage2",
         help="comma-separated: base, stage1, stage2, contrastive_only, or result folders")
     add("demo", cmd_demo, "the whole recipe on the preset (default: tiny)", overwrite=True)
+    p = add("export", cmd_export, "a result folder as one plain transformers + peft model", preset=False)
+    p.add_argument("result", help="a stage-1 or stage-2 result folder (holds result.json)")
+    p.add_argument("--out", required=True, help="folder to write (replaces an earlier export there)")
+    p.add_argument("--base", default="", help="the base checkpoint the export names (default: the one trained on)")
     p = add("experiment", cmd_experiment, "does compression help? arms x budgets x seeds, with a report")
     p.add_argument("--parts", default="budget,transfer,ablations,compute",
                    help="comma-separated: budget, transfer, ablations, compute")
@@ -180,9 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="folder for results.json, results.md, budget_curve.png "
                                             "(default: <run folder>/report)")
     p = add("stage1-data", cmd_stage1_data, "write stage-1 QA dialogues for a folder of real images")
-    p.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    p.add_argument("--images", required=True, help="folder of images (searched recursively), under data.image_root "
+                   "or data.root: the paths written are relative to that folder, as stage 1 reads them")
     p.add_argument("--out", required=True, help="output jsonl")
-    p.add_argument("--generator", default="", help="VLM that writes the QA (default: the preset's backbone)")
+    p.add_argument("--generator", default="", help="VLM that writes the QA (overrides writer.backbone; default: "
+                   "the preset's writer.backbone, else model.backbone)")
     p.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
     p.add_argument("--question", action="append", default=[],
                    help="a question to answer about every image (repeatable; default: the generator writes them)")

@@ -2,7 +2,10 @@
 
 A preset (``comalite/presets/tiny.yaml``, ``qwen2-vl-2b.yaml``, ...) lists only what differs from the
 defaults below, or from the preset it names as ``base``; ``--set section.field=value`` on the command line
-overrides one field. The defaults are the paper's recipe where the paper says something. ``tiny-smoke`` is
+overrides one field. Mapping settings (``stage2.subset_caps``, ``eval.meta_tasks``) are the exception: a preset
+or ``--set stage2.subset_caps=ImageNet_1K=50000,MSCOCO_i2t=1000`` adds or replaces those entries and keeps the
+others; an empty value (``--set stage2.subset_caps=``) empties the mapping. The defaults are the paper's
+recipe where the paper says something. ``tiny-smoke`` is
 the tiny preset shrunk to a minute: tests, CI and the notebooks' quick check use it.
 
 Values are checked when they are set (an unknown key, a wrong type, ``steps=2.5``, ``mask=2``) and as a
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,6 +24,7 @@ import yaml
 
 from .errors import ConfigError
 from .paths import data_dir, home_dir
+from .records import META_TASKS
 
 
 @dataclass
@@ -91,12 +96,43 @@ class Stage1Config:
 
 
 @dataclass
+class WriterConfig:
+    """The VLM that writes stage-1 dialogues for real images (``comalite stage1-data``,
+    ``comalite.data.dialogues``): questions about each image, then their answers in one chat."""
+
+    backbone: str = ""                # "" = model.backbone; the model that writes and answers (paper: Qwen2.5-VL-7B)
+    quantization: str = ""            # "" = model.quantization; "nf4" or "none"
+    n_questions: int = 4              # questions written per image (paper: 3-5)
+    max_question_tokens: int = 192    # new tokens for the whole list of questions
+    max_answer_tokens: int = 64       # new tokens per answer; answers cut there are counted in the log
+    max_pixels: int = 0               # the writer's view of an image; 0 = model.max_pixels
+    min_pixels: int = 0               # 0 = model.min_pixels
+    question_prompt: str = ("Write {n} different questions about this image whose answers, taken together, would "
+                            "single it out among many similar images: ask about the main objects, their "
+                            "attributes, counts, positions, any text, and the setting. One question per line, "
+                            "without answers.")  # {n} becomes n_questions
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the ``writer.*`` setting that is out of range."""
+        if self.quantization not in ("", "nf4", "none"):
+            raise ConfigError(f"writer.quantization={self.quantization!r}: choose one of nf4, none, or \"\" "
+                              "(= model.quantization)")
+        for name in ("n_questions", "max_question_tokens", "max_answer_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"writer.{name}={getattr(self, name)}: must be at least 1")
+        if self.min_pixels < 0 or self.max_pixels < 0 or (self.max_pixels and self.min_pixels > self.max_pixels):
+            raise ConfigError(f"writer.min_pixels={self.min_pixels}, writer.max_pixels={self.max_pixels}: give "
+                              "0 (= the model's) or 0 < min_pixels <= max_pixels")
+
+
+@dataclass
 class Stage2Config:
     """Contrastive tuning."""
 
     init: str = "stage1"              # "stage1" (CoMa) or "backbone" (contrastive-only baseline)
     subsets: tuple[str, ...] = ()     # MMEB-train subsets (() = every subset found)
-    per_subset_cap: int = 0           # rows per subset (0 = all)
+    per_subset_cap: int = 0           # rows per subset, a seeded sample (0 = all)
+    subset_caps: dict[str, int] = field(default_factory=dict)  # rows per named subset; wins over per_subset_cap
     sub_batch_size: int = 64          # pairs per same-subset sub-batch (0 = fully mixed batches)
     chunk_size: int = 8               # GradCache chunk (sequences encoded at once)
     temperature: float = 0.03
@@ -113,6 +149,7 @@ class EvalConfig:
     root: str = ""                    # MMEB-eval-layout folder ("" = ShapesWorld's eval/)
     image_root: str = ""
     max_queries: int = 0              # sample this many queries per dataset, seeded (0 = all)
+    meta_tasks: dict[str, str] = field(default_factory=dict)  # a dataset of your own -> its meta-task
     seed: int = 0
     batch_size: int = 16
 
@@ -126,6 +163,7 @@ class Config:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    writer: WriterConfig = field(default_factory=WriterConfig)
 
     def run_dir(self) -> Path:
         """The folder this run writes to."""
@@ -140,6 +178,7 @@ class Config:
 
     def validate(self) -> "Config":
         """Check choices, ranges and the settings that must agree; raises ``ConfigError`` naming the setting."""
+        self.writer.validate()
         for where, value, choices in (
             ("model.quantization", self.model.quantization, ("nf4", "none")),
             ("model.dtype", self.model.dtype, ("auto", "bf16", "fp16", "fp32")),
@@ -157,6 +196,14 @@ class Config:
                 raise ConfigError(f"{where}={value}: must be at least 1")
         if self.stage2.temperature <= 0:
             raise ConfigError(f"stage2.temperature={self.stage2.temperature}: must be > 0")
+        caps = {"stage2.per_subset_cap": self.stage2.per_subset_cap,
+                **{f"stage2.subset_caps.{name}": cap for name, cap in self.stage2.subset_caps.items()}}
+        for where, cap in caps.items():
+            if cap < 0:
+                raise ConfigError(f"{where}={cap}: must be at least 0 (0 = every row)")
+        for name, task in self.eval.meta_tasks.items():
+            if task not in META_TASKS:
+                raise ConfigError(f"eval.meta_tasks.{name}={task!r}: choose one of {', '.join(META_TASKS)}")
         for stage in ("stage1", "stage2"):
             train = getattr(self, stage).train
             for name in ("steps", "batch_size", "grad_accum"):
@@ -190,8 +237,26 @@ def _update(obj, values: dict, source: str, section: str = "") -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where} is a section; give a mapping, not {value!r}")
             _update(current, value, source, f"{section}{key}.")
+        elif isinstance(current, dict):  # a mapping setting adds to (or replaces entries of) what it has; "" empties
+            entries = _mapping(value, typing.get_args(typing.get_type_hints(type(obj))[key])[1], where)
+            setattr(obj, key, {**current, **entries} if entries else {})
         else:
             setattr(obj, key, _coerce(value, current, where))
+
+
+def _mapping(value, value_type: type, where: str) -> dict:
+    """``name=value,name=value`` (command line) or a YAML mapping as ``{name: value_type}``; "" or an empty
+    YAML entry is the empty mapping."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        items = [item.partition("=") for item in value.split(",") if item.strip()]
+        if any(not sep or not name.strip() for name, sep, _ in items):
+            raise ConfigError(f"{where}: expected name=value pairs separated by commas, got {value!r}")
+        value = {name.strip(): entry.strip() for name, _, entry in items}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping (name=value,... or YAML name: value), got {value!r}")
+    return {str(name): _coerce(entry, value_type(), f"{where}.{name}") for name, entry in value.items()}
 
 
 def _coerce(value, current, where: str):

@@ -3,18 +3,28 @@
 Every input (query or candidate, image, text or both) ends with the K compression tokens; its embedding
 is the mean of their last-layer hidden states, L2-normalised (the paper's training default). The LM head
 is never computed. ``pooling="last"`` takes the last token instead (what the public eval script did).
+
+``EmbeddingModel.encode`` is the user's entry point: texts, images (files or PIL images) and mixed inputs
+in, a float32 matrix of unit rows out.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
 from .backbone import Backbone, checkpoint_fingerprint
+from .errors import InputError
 from .fingerprint import digest, tensors_fingerprint
 from .progress import progress_bar
-from .records import EmbedInput
+from .records import IMAGE_PLACEHOLDER, EmbedInput
 from .result import load_result, model_config_of, read_result
 from .sequence import COMPRESS, PAD, collate, embed_example
 
@@ -68,11 +78,77 @@ def model_fingerprint(backbone: Backbone, pooling: str) -> str:
     return digest([checkpoint_fingerprint(backbone.config.backbone), tensors_fingerprint(weights), pooling, settings])
 
 
-class EmbeddingModel:
-    """A backbone used as an embedding model: ``embed(list[EmbedInput]) -> (n, H)`` float32 unit rows.
+IMAGE_INSTRUCTION = f"{IMAGE_PLACEHOLDER}\nRepresent the given image."
+"""The text a bare image is embedded with: MMEB's text for image candidates (ShapesWorld's too), so a bare
+image is embedded the way stage 2 saw its image targets."""
 
-    ``name`` labels it in tables; ``fingerprint`` (``model_fingerprint``) keys evaluation caches. Load a
-    trained one with ``load``.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+"""File endings read as images: a folder's images (``comalite.search``), and the ``str`` items ``encode``
+refuses as texts because they name such a file."""
+
+Item = Union[str, os.PathLike, Image.Image, EmbedInput, tuple, dict]
+"""What ``EmbeddingModel.encode`` takes, one per input (the rules are in its docstring)."""
+
+
+def with_placeholder(text: str) -> str:
+    """``text`` of an input with an image, with ``<|image_1|>`` in front (MMEB's ``<|image_1|>\\n...``) unless it
+    already says where the image goes."""
+    if IMAGE_PLACEHOLDER in text:
+        return text
+    return f"{IMAGE_PLACEHOLDER}\n{text}" if text else IMAGE_PLACEHOLDER
+
+
+def _image(image, where: str) -> str | Image.Image:
+    """An item's image as ``EmbedInput`` holds it: a PIL image as is, a path as a str naming an existing file."""
+    if isinstance(image, Image.Image):
+        return image
+    if not isinstance(image, (str, os.PathLike)):
+        raise InputError(f"{where}: an image must be a file path or a PIL.Image.Image, not {type(image).__name__}")
+    path = os.fspath(image)
+    if not os.path.isfile(path):
+        raise InputError(f"{where}: image file {path} not found. Fix the path or drop the item.")
+    return path
+
+
+def as_embed_input(item: Item, index: int, instruction: str | None = None) -> EmbedInput:
+    """Item ``index`` of ``EmbeddingModel.encode`` as an ``EmbedInput``, by the rules in ``encode``."""
+    where = f"item {index}"
+    if isinstance(item, EmbedInput):
+        if item.image:  # "" means no image, as in embed_example
+            item = dataclasses.replace(item, image=_image(item.image, where))
+        return item if item.origin else dataclasses.replace(item, origin=where)
+    if isinstance(item, str):
+        if Path(item).suffix.lower() in IMAGE_SUFFIXES and os.path.isfile(item):
+            raise InputError(f"{where} is the text {item!r}, which names an image file: pass pathlib.Path({item!r}) "
+                             "to embed the image, or EmbedInput(text=...) to embed these characters as text.")
+        if instruction and IMAGE_PLACEHOLDER in instruction:
+            raise InputError(f"{where} is a text, but the instruction {instruction!r} holds {IMAGE_PLACEHOLDER}: "
+                             "encode texts and images in separate calls, each with its own instruction.")
+        return EmbedInput(text=(instruction or "") + item, origin=where)
+    if isinstance(item, (os.PathLike, Image.Image)):
+        text = IMAGE_INSTRUCTION if instruction is None else instruction
+        return EmbedInput(with_placeholder(text), _image(item, where), where)
+    if isinstance(item, tuple) and len(item) == 2:
+        text, image = item
+    elif isinstance(item, dict) and item and set(item) <= {"text", "image"}:
+        text, image = item.get("text", ""), item.get("image")
+    else:
+        raise InputError(f"{where}: cannot embed a {type(item).__name__}. Give a text (str), an image "
+                         "(pathlib.Path or PIL.Image.Image), a (text, image) pair, a dict with 'text' and/or "
+                         "'image', or an EmbedInput.")
+    if not isinstance(text, str):
+        raise InputError(f"{where}: the text of a (text, image) input must be a str, not {type(text).__name__}")
+    if image is None:
+        return EmbedInput(text=text, origin=where)
+    return EmbedInput(with_placeholder(text), _image(image, where), where)
+
+
+class EmbeddingModel:
+    """A backbone used as an embedding model: ``encode(items) -> (n, H)`` float32 unit rows.
+
+    ``encode`` takes texts, image files, PIL images and mixed inputs; ``embed`` takes ``EmbedInput`` records
+    as the evaluation passes them. ``name`` labels it in tables; ``fingerprint`` (``model_fingerprint``)
+    keys evaluation caches and image indexes. Load a trained one with ``load``.
     """
 
     def __init__(self, backbone: Backbone, name: str, *, pooling: str = "mean", batch_size: int = 16):
@@ -90,18 +166,50 @@ class EmbeddingModel:
         return cls(backbone.eval(), name or result_dir.name, pooling=settings.get("pooling", "mean"),
                    batch_size=batch_size)
 
+    @property
+    def dim(self) -> int:
+        """Length of an embedding (the language model's hidden size)."""
+        return self.backbone.hf.config.text_config.hidden_size
+
     @torch.no_grad()
-    def embed(self, inputs: list[EmbedInput], *, progress: bool = False) -> np.ndarray:
+    def embed(self, inputs: list[EmbedInput], *, progress: bool = False, batch_size: int | None = None) -> np.ndarray:
+        """Embeddings (n, H) of ``inputs`` as float32 unit rows, ``batch_size`` (default ``self.batch_size``)
+        at a time."""
         self.backbone.eval()
-        chunks = range(0, len(inputs), self.batch_size)
-        out = [encode(self.backbone, inputs[i:i + self.batch_size], self.pooling).cpu()
-               for i in progress_bar(chunks, enabled=progress, desc=f"embed {self.name}")]
+        size = batch_size or self.batch_size
+        out = []
+        with progress_bar(total=len(inputs), enabled=progress, desc=f"embed {self.name}", unit="input") as bar:
+            for i in range(0, len(inputs), size):
+                out.append(encode(self.backbone, inputs[i:i + size], self.pooling).cpu())
+                bar.update(len(out[-1]))
         if not out:
-            return np.zeros((0, self.backbone.hf.config.text_config.hidden_size), np.float32)
+            return np.zeros((0, self.dim), np.float32)
         return torch.cat(out).numpy().astype(np.float32)
 
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        return self.embed([EmbedInput(text=t) for t in texts])
+    def encode(self, items: Sequence[Item], *, batch_size: int | None = None, show_progress: bool = True,
+               instruction: str | None = None) -> np.ndarray:
+        """Embeddings (n, H) of ``items`` as float32 unit rows, in batches of ``batch_size`` (default
+        ``self.batch_size``), with a progress bar (``TQDM_DISABLE=1`` hides every bar).
 
-    def embed_images(self, paths: list[str], instruction: str = "<|image_1|> Represent the given image.") -> np.ndarray:
-        return self.embed([EmbedInput(text=instruction, image=str(p)) for p in paths])
+        Each item is one of:
+
+        - a ``str``: a text, embedded as ``instruction + text`` (by default the text alone, as MMEB embeds
+          label and caption candidates). A ``str`` naming an existing image file is refused: pass a
+          ``pathlib.Path`` for the image;
+        - a ``pathlib.Path`` (any ``os.PathLike``) to an image file, or a ``PIL.Image.Image``: an image,
+          embedded with ``instruction`` as its text (by default ``IMAGE_INSTRUCTION``,
+          ``"<|image_1|>\\nRepresent the given image."``, MMEB's image candidates); an instruction without
+          ``<|image_1|>`` gets it in front;
+        - a ``(text, image)`` pair or a ``{"text": ..., "image": ...}`` dict (the image a path, str allowed
+          here, or a PIL image; either part may be left out): the text is kept as given, ``<|image_1|>`` put
+          in front when an image comes without one; ``instruction`` does not apply;
+        - an ``EmbedInput``, embedded exactly as it is.
+
+        A PIL image is embedded from memory and never cached (it has no file to key a cache by). An unknown
+        item type or an image file that is not there raises ``InputError`` naming the item's index, before
+        anything is embedded.
+        """
+        if isinstance(items, (str, os.PathLike, Image.Image, EmbedInput, dict)):
+            raise InputError(f"encode takes a list of items, not one {type(items).__name__}: encode([item])")
+        inputs = [as_embed_input(item, i, instruction) for i, item in enumerate(items)]
+        return self.embed(inputs, progress=show_progress, batch_size=batch_size)

@@ -37,3 +37,12 @@ class RunLockedError(ComaliteError):
 class NonFiniteLossError(ComaliteError, RuntimeError):
     """The loss (or gradient norm) became NaN/inf or jumped far above its recent level; the last good
     checkpoint was kept."""
+
+
+class InputError(ComaliteError, ValueError):
+    """An input handed to ``EmbeddingModel.encode`` or an image search that cannot be used: of an unknown
+    type, or an image file that is not there; the message names the item."""
+
+
+class SearchIndexError(ComaliteError):
+    """A saved image index that cannot be used as asked: not an index file, or made by another model."""

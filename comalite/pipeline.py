@@ -24,7 +24,8 @@ from .data.sources import ensure_data, eval_datasets, train_pairs
 from .distributed import barrier, is_writer
 from .embedding import EmbeddingModel
 from .errors import CheckpointError, ConfigError
-from .eval import evaluate, get_dataset_info
+from .eval import evaluate
+from .eval.registry import dataset_info
 from .paths import data_dir
 from .result import read_result
 from .runs import run_lock
@@ -112,7 +113,7 @@ def embedding_model(cfg: Config, name: str) -> EmbeddingModel:
 def evaluate_models(cfg: Config, names: list[str] | tuple[str, ...] = MODEL_NAMES) -> dict:
     """Evaluate the named models on the config's eval datasets; writes ``<run_dir>/eval/results.{json,md}``."""
     prepare(cfg)
-    datasets = [(get_dataset_info(d.name), d) for d in eval_datasets(cfg)]
+    datasets = [(dataset_info(d, cfg.eval.meta_tasks), d) for d in eval_datasets(cfg)]
     out = cfg.run_dir() / "eval"
     models = [embedding_model(cfg, name) for name in names]
     with run_lock(out) if is_writer() else contextlib.nullcontext():

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_PLACEHOLDER = "<|image_1|>"
 """Where MMEB puts the image inside a query text. It becomes the vision span when tokenised."""
@@ -21,10 +25,12 @@ class EmbedInput:
     """One input to embed: ``text`` (may hold ``<|image_1|>``) and an optional image file path.
 
     ``origin`` says where a reader found it ("file, row i, field 'f'"), for error messages only: it takes
-    no part in equality, hashing or ``key()``."""
+    no part in equality, hashing or ``key()``. ``image`` may also be an in-memory PIL image
+    (``EmbeddingModel.encode`` takes them): it embeds, but has no file identity, so such an input cannot
+    be hashed, keyed or cached (evaluation reads files)."""
 
     text: str = ""
-    image: str | None = None
+    image: str | Image.Image | None = None
     origin: str = field(default="", compare=False, hash=False)
 
     def key(self) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 
 from .data.images import load_image
 from .processor import VLProcessor
@@ -33,8 +34,9 @@ ROLE_NAMES = {PAD: "pad", CONTEXT: "context", COMPRESS: "compress", QUESTION: "q
 
 @dataclass
 class Example:
-    """One tokenised sequence: ids, a role per id, and its image (if any): its file, its grid (t, h, w) and its
-    patches (None when the processor's vision cache already holds the image's tokens)."""
+    """One tokenised sequence: ids, a role per id, and its image (if any): its file (None for an in-memory
+    image), its grid (t, h, w) and its patches (None when the processor's vision cache already holds the
+    image's tokens)."""
 
     input_ids: list[int]
     roles: list[int]
@@ -47,14 +49,18 @@ class Example:
         self.roles += [role] * len(ids)
 
 
-def add_image(ex: Example, processor: VLProcessor, path: str, origin: str = "") -> None:
-    """Append the vision span of the image at ``path`` (role context) and keep its patches. An unreadable
-    image raises DataFormatError naming the file and, given the input's ``origin``, the row that uses it."""
-    cached = processor.vision_cache.get(path) if processor.vision_cache is not None else None
+def add_image(ex: Example, processor: VLProcessor, image: str | Image.Image, origin: str = "") -> None:
+    """Append the vision span of ``image`` (role context) and keep its patches. ``image`` is a file path or
+    an in-memory PIL image; the latter has no file identity (path, size, mtime) to key the vision cache by,
+    so it is never cached and leaves ``ex.image`` None. An unreadable image file raises DataFormatError
+    naming the file and, given the input's ``origin``, the row that uses it."""
+    path = None if isinstance(image, Image.Image) else image
+    cache = processor.vision_cache if path is not None else None
+    cached = cache.get(path) if cache is not None else None
     if cached is not None:
         pixel_values, grid = None, cached[0]
     else:
-        pixel_values, grid = processor.encode_image(load_image(path, origin))
+        pixel_values, grid = processor.encode_image(image if path is None else load_image(path, origin))
     ex.pixel_values, ex.image_grid_thw, ex.image = pixel_values, grid, path
     ex.add(processor.image_span(grid), CONTEXT)
 
@@ -119,7 +125,8 @@ def dialogue_examples(processor, dialogues: list[Dialogue], s1, *,
 
 def collate(examples: list[Example], pad_id: int, *, pad_side: str = "right") -> dict[str, torch.Tensor]:
     """Pad a list of examples into a batch: ids, 2D attention mask, roles (PAD = -1), and per image (in
-    order): ``image_grid_thw`` (stacked), ``images`` (file paths) and ``image_pixels`` (patches or None)."""
+    order): ``image_grid_thw`` (stacked), ``images`` (file paths; None for an in-memory image) and
+    ``image_pixels`` (patches or None)."""
     if pad_side not in ("left", "right"):
         raise ValueError(f"pad_side must be 'left' or 'right', not {pad_side!r}")
     length = max(len(ex.input_ids) for ex in examples)

@@ -98,3 +98,22 @@ def test_bench_step_speed(bench, tmp_path, tiny_checkpoint, data_root):
     images = saved["image_path"]
     assert images["images"] == 3 and images["llm_tokens_per_image"] <= images["max_pixels"] // 28 ** 2
     assert images["s_per_image"] > 0 and images["s_per_image_threads"] > 0
+
+
+def test_estimate_memory(bench, tmp_path):
+    """The image-budget estimate: the terms the docstring states, by hand for one case, growing with the budget."""
+    estimate_memory = bench("estimate_memory")
+    out = tmp_path / "memory.json"
+    result = estimate_memory.main(["--image-tokens", "256,1024", "--out", str(out)])
+    assert _read(out) == json.loads(json.dumps(result)) and result["estimate"] is True
+    low, high = result["rows"]
+    # Stage 1 of the 2B preset at 256 tokens: 8 sequences of 256 + 2 + (12 + 150) + 16 = 436 tokens.
+    s1 = low["stage1"]
+    assert s1["tokens_per_sequence"] == 436
+    assert s1["checkpoints"] == pytest.approx(2 * 28 * 8 * 436 * 1536 / 2 ** 30)        # 0.279 GiB
+    assert s1["logits"] == pytest.approx(10 * 8 * 100 * 151936 / 2 ** 30)              # 1.132 GiB
+    assert s1["total"] == pytest.approx(sum(v for k, v in s1.items()
+                                            if k not in ("total", "with_slack", "tokens_per_sequence")))
+    for stage in ("stage1", "stage2", "eval"):
+        assert high[stage]["with_slack"] > low[stage]["with_slack"]
+    assert low["eval"]["checkpoints"] == 0 and low["eval"]["trainable"] == 0  # no gradients in evaluation

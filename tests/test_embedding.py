@@ -6,6 +6,8 @@ really happens on either side.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -175,20 +177,87 @@ def test_embedding_model_returns_float32_unit_rows(backbone, inputs):
     assert np.abs(last - out).max() > 1e-3
 
 
-def test_embed_texts_and_embed_images(backbone, inputs):
+def test_encode_texts_images_and_mixed_inputs(backbone, inputs):
+    """``encode`` builds the EmbedInput each kind of item stands for, by the documented defaults."""
     model = EmbeddingModel(backbone, "tiny", batch_size=2)
-    texts = [inputs[1].text, inputs[3].text, "a large green triangle"]
-    np.testing.assert_allclose(model.embed_texts(texts),
-                               _alone(backbone, [EmbedInput(text=t) for t in texts]).numpy(), atol=1e-5, rtol=0)
     paths = [inputs[0].image, inputs[4].image, inputs[5].image]
-    images = model.embed_images(paths)
-    instruction = "<|image_1|> Represent the given image."
-    expected = _alone(backbone, [EmbedInput(text=instruction, image=p) for p in paths]).numpy()
-    np.testing.assert_allclose(images, expected, atol=1e-5, rtol=0)
-    assert images.dtype == np.float32 and images.shape == (3, expected.shape[1])
-    # A custom instruction is used (it changes the vector).
-    other = model.embed_images(paths, instruction="Count the objects: <|image_1|>")
-    assert np.abs(other - images).max() > 1e-3
+    texts = [inputs[1].text, inputs[3].text, "a large green triangle"]
+    instruction = "<|image_1|>\nRepresent the given image."
+    out = model.encode(texts + [Path(p) for p in paths])
+    expected = _alone(backbone, [EmbedInput(text=t) for t in texts]
+                      + [EmbedInput(text=instruction, image=p) for p in paths]).numpy()
+    assert out.dtype == np.float32 and out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+    # Mixed inputs: a pair and a dict get the placeholder in front, an EmbedInput is taken as it is.
+    mixed = model.encode([("Count the objects", Path(paths[0])), {"image": paths[1]}, {"text": "two"},
+                          EmbedInput(text="Find the object <|image_1|> here", image=paths[2])])
+    expected = _alone(backbone, [EmbedInput("<|image_1|>\nCount the objects", paths[0]),
+                                 EmbedInput("<|image_1|>", paths[1]), EmbedInput("two"),
+                                 EmbedInput("Find the object <|image_1|> here", paths[2])]).numpy()
+    np.testing.assert_allclose(mixed, expected, atol=1e-5, rtol=0)
+    # An instruction goes before every bare text, and with every bare image (placeholder added).
+    other = model.encode([Path(p) for p in paths], instruction="Count the objects")
+    np.testing.assert_allclose(other, model.encode([("Count the objects", p) for p in paths]), atol=1e-5, rtol=0)
+    assert np.abs(other - out[3:]).max() > 1e-3
+    caption = "Find me an image that matches the given caption: "
+    prefixed = model.encode(texts, instruction=caption)
+    np.testing.assert_allclose(prefixed, model.encode([EmbedInput(caption + t) for t in texts]), atol=1e-5, rtol=0)
+    assert np.abs(prefixed - out[:3]).max() > 1e-3
+    assert model.encode([]).shape == (0, out.shape[1])
+
+
+def test_the_default_image_instruction_is_the_one_stage_2_trained_image_targets_with():
+    from comalite.embedding import IMAGE_INSTRUCTION
+    from comalite.shapesworld.language import IMAGE_TARGET
+
+    assert IMAGE_INSTRUCTION == IMAGE_TARGET
+
+
+def test_a_pil_image_embeds_like_its_file_and_never_enters_the_vision_cache(tiny_checkpoint, inputs):
+    cfg = ModelConfig(backbone=str(tiny_checkpoint), n_compress=K, max_pixels=12544, min_pixels=3136,
+                      quantization="none", vision_cache_mb=8)
+    backbone = load_backbone(cfg, train_adapter=None).eval()
+    cache = backbone.processor.vision_cache
+    cache.entries.clear()
+    cache.used = 0
+    model = EmbeddingModel(backbone, "tiny", batch_size=4)
+    paths = [inputs[0].image, inputs[4].image]
+    with Image.open(paths[0]) as a, Image.open(paths[1]) as b:
+        pil = model.encode([a, ("Find the object <|image_1|> in the scene", b)])
+    assert not cache.entries                                     # nothing keyed by a file that is not there
+    from_files = model.encode([Path(paths[0]), ("Find the object <|image_1|> in the scene", paths[1])])
+    assert len(cache.entries) == 2                               # ... while the files are cached
+    np.testing.assert_allclose(pil, from_files, atol=1e-6, rtol=0)
+    again = model.encode([Path(paths[0])])                       # served from the cache: the same vector
+    np.testing.assert_allclose(again[0], from_files[0], atol=1e-6, rtol=0)
+    # A different image in memory gives a different vector (the pixels are really read).
+    with Image.open(paths[0]) as a:
+        flipped = model.encode([a.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    assert np.abs(flipped[0] - pil[0]).max() > 1e-3
+
+
+def test_bad_items_are_named_by_their_index(backbone, inputs, tmp_path):
+    from comalite.errors import ComaliteError, InputError
+
+    model = EmbeddingModel(backbone, "tiny", batch_size=4)
+    good = Path(inputs[0].image)
+    missing = tmp_path / "nowhere.png"
+    cases = [
+        ([good, missing], r"^item 1: image file .*nowhere\.png not found"),
+        (["a text", 3], r"^item 1: cannot embed a int\. Give a text \(str\)"),
+        ([("text", missing)], r"^item 0: image file .*nowhere\.png not found"),
+        ([{"text": "t", "picture": good}], r"^item 0: cannot embed a dict"),
+        ([(3, good)], r"^item 0: the text of a \(text, image\) input must be a str"),
+        ([EmbedInput("x <|image_1|>", str(missing))], r"^item 0: image file .*nowhere\.png not found"),
+        (["ok", str(good)], r"^item 1 is the text .* which names an image file: pass pathlib\.Path"),
+        (good, r"^encode takes a list of items, not one"),
+    ]
+    for items, message in cases:
+        with pytest.raises(InputError, match=message) as caught:
+            model.encode(items)
+        assert isinstance(caught.value, ComaliteError)
+    with pytest.raises(InputError, match=r"^item 0 is a text, but the instruction '<\|image_1\|> Represent it\.'"):
+        model.encode(["a text"], instruction="<|image_1|> Represent it.")
 
 
 def test_pool_refuses_inputs_without_compression_tokens(backbone, inputs):

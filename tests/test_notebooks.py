@@ -149,7 +149,7 @@ def test_image_token_budgets_follow_the_28_pixel_rule(tiny_checkpoint):
     assert [tokens(16384 * 28 * 28, s) for s in (112, 448, 1344)] == [16, 256, 2304]
     assert tokens(1280 * 28 * 28, 1344) == (980 // 28) ** 2 == 1225
     assert tokens(load_config("tiny").model.max_pixels, 112) == 16
-    assert tokens(load_config("qwen2-vl-2b").model.max_pixels, 1344) == 256
+    assert tokens(load_config("qwen2-vl-2b").model.max_pixels, 1344) == 1024  # the paper's cap: 896 x 896
 
 
 def test_lm_loss_is_cross_entropy_on_the_answers_under_the_mask(stage1_model, smoke_config):

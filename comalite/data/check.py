@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import DataFormatError
 from .io import read_eval_dataset, read_train_subset
-from .sources import dataset_folders
+from .sources import dataset_folders, holds_split
 
 KINDS = {"train": "original", "eval": "test"}
 
@@ -23,8 +23,9 @@ def check_folder(root: str | Path, *, image_root: str | Path | None = None) -> l
         raise DataFormatError(f"{root}: no such folder. Give the folder that holds one sub-folder per dataset.")
     image_root = Path(image_root) if image_root else root
     rows = []
+    names = dataset_folders(root, *KINDS.values())
     for kind, split in KINDS.items():
-        for name in dataset_folders(root, split):
+        for name in (n for n in names if holds_split(root / n, split)):
             row = {"dataset": name, "kind": kind, "rows": 0, "images": 0, "candidates": "", "problem": ""}
             try:
                 if kind == "train":

@@ -1,8 +1,31 @@
 """Stage-1 data for real images: multi-turn QA dialogues, from annotations or written by a VLM.
 
-The paper had a larger VLM (Qwen2.5-VL-7B) write 3-5 retrieval-oriented questions per image and answer
-them as one dialogue. ``generate_dialogue`` does the same with any Qwen2-VL-family checkpoint through
-transformers ``generate``: first it asks for questions, then it answers each one with the image in view.
+How the CoMa paper made its stage-1 data, and how close ``comalite stage1-data`` comes:
+
+Matches the paper
+- A larger VLM writes the dialogues: the ``qwen2.5-vl-7b-writer`` preset sets ``writer.backbone`` to
+  Qwen2.5-VL-7B-Instruct, the paper's writer (any Qwen2(.5)-VL checkpoint works; default: ``model.backbone``).
+- It first writes several retrieval-oriented questions per image (``writer.n_questions``, default 4; the
+  paper: 3-5), then answers them in ONE multi-turn chat with the image in view: turn k sees the image, the
+  earlier questions and its own earlier answers (``answer_in_one_chat``), in Qwen's chat format with the
+  default system message its chat template inserts.
+- The file holds one dialogue per image, and stage 1 trains on all its turns (``stage1.multi_turn``).
+
+Departs from the paper
+- Decoding is greedy (``do_sample=False``; other generation settings are the checkpoint's
+  ``generation_config``). The paper does not say how it sampled.
+- The question prompt is comalite's own wording (``writer.question_prompt``); the paper's prompt is not known
+  here. Questions are the first ``n_questions`` distinct lines of the reply, numbering stripped; nothing else
+  filters them.
+- Every image gets the same number of questions (``n_questions``), not a number drawn from 3-5.
+- Generation runs through transformers ``generate``, one image at a time, no vLLM and no batching. Each
+  answer re-reads the whole chat (the image included: the vision tower runs once per turn); the KV cache is
+  not carried from turn to turn, so a dialogue of n turns costs about n prefills of a growing chat.
+- The writer may run 4-bit (``writer.quantization``, nf4 in the preset, to fit one GPU next to nothing
+  else); the paper's writer presumably ran in bf16. Its view of an image is capped by ``writer.max_pixels``.
+- Which images: the paper took up to 30K images from each of 12 MMEB-train subsets; ``stage1-data`` takes
+  every image under ``--images`` (``--limit`` caps the total, not per subset).
+
 Where annotations already pair an image with questions and answers (MMEB-train's VQA-style subsets),
 ``dialogues_from_pairs`` turns them into dialogues without any generation.
 """
@@ -10,23 +33,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..backbone import Backbone, load_backbone
-from ..errors import DataFormatError
+from ..config import Config, ModelConfig, WriterConfig
+from ..errors import ConfigError, DataFormatError
 from ..progress import progress_bar
 from ..records import IMAGE_PLACEHOLDER, Dialogue, TrainPair, Turn
-from ..sequence import CONTEXT, Example, add_image, collate
 from .images import load_image
 from .io import read_dialogues, write_dialogues
+from .sources import image_root
 
 log = logging.getLogger(__name__)
-QUESTION_PROMPT = ("Write {n} short questions about this image that together pin down what it shows "
-                   "(objects, attributes, counts, positions, text). One question per line.")
+SYSTEM_MESSAGE = "You are a helpful assistant."
+"""What Qwen2-VL's and Qwen2.5-VL's chat templates insert when a chat has no system message."""
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+_LIST_MARK = re.compile(r"^\s*(\d+\s*[.):]|[-*\u2022]|Q\d*\s*[.):])\s*")
 
 
 def dialogues_from_pairs(pairs: list[TrainPair], max_turns: int = 5) -> list[Dialogue]:
@@ -41,71 +69,223 @@ def dialogues_from_pairs(pairs: list[TrainPair], max_turns: int = 5) -> list[Dia
     return [Dialogue(turns=tuple(turns[:max_turns]), image=image) for image, turns in by_image.items()]
 
 
-@torch.no_grad()
-def _reply(backbone: Backbone, image_example: Example, prompt: str, max_new_tokens: int) -> str:
-    """Greedy reply of the (chat-tuned) backbone to ``prompt`` about the image in ``image_example``."""
+# ----------------------------------------------------------------------------- one image, one chat
+
+
+@dataclass
+class _Chat:
+    """A Qwen chat about one image, as token ids, with the image's patches and grid for ``generate``."""
+
+    ids: list[int]
+    pixel_values: torch.Tensor
+    grid: torch.Tensor
+
+
+def _open_chat(backbone: Backbone, image: str) -> _Chat:
+    """``<|im_start|>system ... <|im_start|>user\\n`` and the image's vision span: the start of every chat."""
     processor = backbone.processor
-    ex = dataclasses.replace(image_example, input_ids=list(image_example.input_ids), roles=list(image_example.roles))
-    ex.add(processor.encode_text(f"{prompt}<|im_end|>\n<|im_start|>assistant\n"), CONTEXT)
-    batch = collate([ex], processor.tokenizer.pad_token_id)
-    ids = batch["input_ids"].to(backbone.device)
+    pixel_values, grid = processor.encode_image(load_image(image))
+    ids = processor.encode_text(f"<|im_start|>system\n{SYSTEM_MESSAGE}<|im_end|>\n<|im_start|>user\n")
+    return _Chat(ids + processor.image_span(grid), pixel_values, grid)
+
+
+def _stop_ids(backbone: Backbone) -> list[int]:
+    """``<|im_end|>`` and the other ids the checkpoint ends a reply with (its generation config's, its
+    tokenizer's: Qwen's list ``<|endoftext|>`` too)."""
+    configured = backbone.hf.generation_config.eos_token_id
+    ids = [backbone.processor.im_end_id, *(configured if isinstance(configured, list) else [configured]),
+           backbone.processor.tokenizer.eos_token_id]
+    return list(dict.fromkeys(t for t in ids if t is not None))
+
+
+@torch.no_grad()
+def _continue(backbone: Backbone, chat: _Chat, max_new_tokens: int) -> tuple[list[int], bool]:
+    """Greedy reply to ``chat`` (which ends with an open assistant turn): (its token ids up to its end token,
+    whether it was cut at ``max_new_tokens`` instead)."""
+    processor, dev = backbone.processor, backbone.device
+    ids = torch.tensor([chat.ids], device=dev)
+    stops = _stop_ids(backbone)
     out = backbone.hf.generate(
-        input_ids=ids, attention_mask=batch["attention_mask"].to(backbone.device),
-        pixel_values=ex.pixel_values.to(backbone.device, backbone.dtype),
-        image_grid_thw=ex.image_grid_thw[None].to(backbone.device),
+        input_ids=ids, attention_mask=torch.ones_like(ids),
+        pixel_values=chat.pixel_values.to(dev, backbone.dtype), image_grid_thw=chat.grid[None].to(dev),
         mm_token_type_ids=(ids == processor.image_pad_id).int(), max_new_tokens=max_new_tokens,
-        do_sample=False, eos_token_id=processor.im_end_id, pad_token_id=processor.tokenizer.pad_token_id)
-    return processor.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        do_sample=False, eos_token_id=stops, pad_token_id=processor.tokenizer.pad_token_id)
+    new = out[0, ids.shape[1]:].tolist()
+    end = next((k for k, t in enumerate(new) if t in stops), None)
+    return (new, len(new) >= max_new_tokens) if end is None else (new[:end], False)
 
 
-def generate_dialogue(backbone: Backbone, image: str, *, n_questions: int = 4, questions: list[str] | None = None,
-                      max_new_tokens: int = 64) -> Dialogue:
-    """Ask the VLM for ``n_questions`` questions about ``image`` (or take the given ``questions``), then for
-    each an answer with the image in view. Turns without an answer are dropped."""
-    head = Example([], [])
-    head.add(backbone.processor.encode_text("<|im_start|>user\n"), CONTEXT)
-    add_image(head, backbone.processor, image)
-    if head.pixel_values is None:  # the vision cache held its tokens, but transformers' generate wants patches
-        head.pixel_values, _ = backbone.processor.encode_image(load_image(image))
+def _decode(backbone: Backbone, ids: list[int]) -> str:
+    return backbone.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def write_questions(backbone: Backbone, image: str, writer: WriterConfig) -> tuple[list[str], bool]:
+    """Ask the VLM for ``writer.n_questions`` questions about ``image`` (its own chat): (the first n distinct
+    lines of its reply, numbering stripped; whether the reply was cut at ``writer.max_question_tokens``, in
+    which case its unfinished last line is dropped)."""
+    chat = _open_chat(backbone, image)
+    prompt = writer.question_prompt.replace("{n}", str(writer.n_questions))
+    chat.ids += backbone.processor.encode_text(f"{prompt}<|im_end|>\n<|im_start|>assistant\n")
+    reply, cut = _continue(backbone, chat, writer.max_question_tokens)
+    text = backbone.processor.tokenizer.decode(reply, skip_special_tokens=True)
+    lines = text.splitlines()
+    if cut and lines and not text.endswith("\n"):
+        lines = lines[:-1]
+    questions = []
+    for line in lines:
+        question = _LIST_MARK.sub("", line).strip()
+        if question and not question.endswith(":") and question not in questions:  # ":" ends a preamble line
+            questions.append(question)
+    return questions[:writer.n_questions], cut
+
+
+def answer_in_one_chat(backbone: Backbone, image: str, questions: list[str],
+                       max_answer_tokens: int) -> tuple[list[Turn], int]:
+    """Answer ``questions`` in one multi-turn chat about ``image``::
+
+        <|im_start|>user\\n <image> Q1 <|im_end|>\\n<|im_start|>assistant\\n A1 <|im_end|>\\n
+        <|im_start|>user\\n Q2 <|im_end|>\\n<|im_start|>assistant\\n A2 ...
+
+    Turn k is generated with the image, the earlier questions and the earlier answers (the ids the model
+    generated) in view. Returns the turns with a non-empty answer and how many answers were cut at
+    ``max_answer_tokens``."""
+    processor = backbone.processor
+    chat = _open_chat(backbone, image)
+    turns, n_cut = [], 0
+    for k, question in enumerate(questions):
+        opening = "" if k == 0 else "\n<|im_start|>user\n"  # the first question follows the image directly
+        chat.ids += processor.encode_text(f"{opening}{question}<|im_end|>\n<|im_start|>assistant\n")
+        answer, cut = _continue(backbone, chat, max_answer_tokens)
+        n_cut += cut
+        chat.ids += answer + [processor.im_end_id]
+        if text := _decode(backbone, answer):
+            turns.append(Turn(question, text))
+    return turns, n_cut
+
+
+def generate_dialogue(backbone: Backbone, image: str, writer: WriterConfig, *,
+                      questions: list[str] | None = None) -> Dialogue:
+    """The stage-1 dialogue the VLM writes about ``image``: ``write_questions`` (or the given ``questions``,
+    all of them), then ``answer_in_one_chat``. ``meta`` counts what was cut: ``answers``, ``answers_cut``
+    and ``questions_cut`` (0/1)."""
+    questions_cut = False
     if questions is None:
-        text = _reply(backbone, head, QUESTION_PROMPT.format(n=n_questions), max_new_tokens * n_questions)
-        questions = [re.sub(r"^\s*(\d+[.)]|[-*])\s*", "", line).strip() for line in text.splitlines()]
-        questions = [q for q in questions if q][:n_questions]
-    turns = tuple(Turn(q, _reply(backbone, head, q, max_new_tokens)) for q in questions)
-    return Dialogue(turns=tuple(t for t in turns if t.answer), image=image)
+        questions, questions_cut = write_questions(backbone, image, writer)
+    turns, answers_cut = answer_in_one_chat(backbone, image, questions, writer.max_answer_tokens)
+    return Dialogue(turns=tuple(turns), image=image, meta={"answers": len(questions), "answers_cut": answers_cut,
+                                                           "questions_cut": int(questions_cut)})
+
+
+# ----------------------------------------------------------------------------- a folder of images
 
 
 def find_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursively, by suffix), sorted."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def build_stage1_data(cfg, *, images: str | Path, out: str | Path, generator: str = "", limit: int = 0,
-                      n_questions: int = 4, questions: list[str] | None = None, save_every: int = 50) -> int:
-    """Write a stage-1 jsonl for every image under ``images`` using ``generator`` (default: the preset's
-    backbone), which writes ``n_questions`` questions per image or answers the fixed ``questions``.
-    Resumes: images already in ``out`` are skipped; the file is rewritten atomically every ``save_every``
-    images. Returns the number of dialogues in ``out``; a generator that answers nothing at all is an error."""
-    out, image_root = Path(out), Path(images)
-    paths = find_images(image_root)[:limit or None]
-    done = read_dialogues(out, image_root) if out.exists() else []
-    seen = {d.image for d in done}
-    todo = [p for p in paths if str(p) not in seen]
-    model_cfg = dataclasses.replace(cfg.model, backbone=generator or cfg.model.backbone)
-    backbone = load_backbone(model_cfg, train_adapter=None, train_compression=False).eval()
+def stage1_image_root(cfg: Config) -> Path | None:
+    """The absolute folder stage 1 resolves the dialogues' image paths against (as
+    ``sources.stage1_dialogues`` does: ``data.image_root``, else ``data.root``, ShapesWorld's ``root/images``),
+    or None when the config sets neither ``data.image_root`` nor ``data.root``."""
+    if not (cfg.data.image_root or cfg.data.root):
+        return None
+    return Path(os.path.abspath(image_root(cfg, cfg.data_root())))
+
+
+def writer_model(cfg: Config, generator: str = "") -> ModelConfig:
+    """The model settings of the writer: ``cfg.model`` with ``writer.*`` where set (``generator`` first), no
+    gradient checkpointing, and no vision cache (``generate`` wants the image's patches)."""
+    w, m = cfg.writer, cfg.model
+    return dataclasses.replace(m, backbone=generator or w.backbone or m.backbone,
+                               quantization=w.quantization or m.quantization, max_pixels=w.max_pixels or m.max_pixels,
+                               min_pixels=w.min_pixels or m.min_pixels, gradient_checkpointing=False, vision_cache_mb=0)
+
+
+@dataclass
+class Stage1DataReport:
+    """What one ``build_stage1_data`` call did."""
+
+    dialogues: int = 0      # dialogues in the file at the end
+    new: int = 0            # dialogues this call wrote
+    skipped: int = 0        # images this call got no usable turn for
+    answers: int = 0        # answers this call generated
+    answers_cut: int = 0    # of which cut at writer.max_answer_tokens
+    questions_cut: int = 0  # question lists cut at writer.max_question_tokens
+
+
+def _done(out: Path, root: Path) -> list[Dialogue]:
+    """The dialogues already in ``out`` (none if it does not exist); duplicates an earlier run left are kept
+    as they are and reported, never added to."""
+    if not out.exists():
+        return []
+    try:
+        done = read_dialogues(out, root)
+    except DataFormatError as err:
+        raise DataFormatError(f"{err} (resuming {out}: its image paths must be relative to {root}, where stage 1 "
+                              "reads them; move the file away to start afresh)") from None
+    repeats = sum(n - 1 for n in Counter(os.path.abspath(d.image) for d in done if d.image).values())
+    if repeats:
+        log.warning("%s holds %d extra dialogue(s) of images it already has (an earlier run's resume); they are "
+                    "kept as they are, and no image gets another one", out, repeats)
+    return done
+
+
+def build_stage1_data(cfg: Config, *, images: str | Path, out: str | Path, generator: str = "", limit: int = 0,
+                      questions: list[str] | None = None, save_every: int = 50) -> Stage1DataReport:
+    """Write a stage-1 jsonl for every image under ``images`` with the writer VLM (``cfg.writer``;
+    ``generator`` overrides ``writer.backbone``), which writes ``writer.n_questions`` questions per image or
+    answers the fixed ``questions``.
+
+    Image paths are written relative to the folder stage 1 reads them against (``stage1_image_root``);
+    ``images`` must lie under it (a ConfigError before any model loads). When the config names no such
+    folder, they are relative to ``images`` and the log says which setting stage 1 then needs.
+    Resumes: images already in ``out`` (by absolute path) are skipped; the file is rewritten atomically every
+    ``save_every`` images. A writer that answers nothing at all is an error."""
+    out, image_dir = Path(out), Path(os.path.abspath(images))
+    root = stage1_image_root(cfg)
+    if root is None:
+        root = image_dir
+        log.warning("the config sets neither data.image_root nor data.root: image paths are written relative to "
+                    "--images %s; run stage 1 with --set data.image_root=%s", images, image_dir)
+    elif not image_dir.is_relative_to(root):
+        raise ConfigError(f"--images {images} is not under {root}, the folder stage 1 reads image paths against "
+                          "(data.image_root, else data.root): put the images under it, or set data.root / "
+                          "data.image_root to a folder that holds them")
+    paths = find_images(image_dir)[:limit or None]
+    done = _done(out, root)
+    have = {os.path.abspath(d.image) for d in done if d.image}
+    todo = [p for p in paths if os.path.abspath(p) not in have]
+    report = Stage1DataReport(dialogues=len(done))
+    if not todo:
+        return report
+    writer = cfg.writer
+    backbone = load_backbone(writer_model(cfg, generator), train_adapter=None, train_compression=False).eval()
     for i, path in enumerate(progress_bar(todo, desc="stage-1 dialogues"), 1):
-        dialogue = generate_dialogue(backbone, str(path), n_questions=n_questions, questions=questions)
+        dialogue = generate_dialogue(backbone, str(path), writer, questions=questions)
+        for key in ("answers", "answers_cut", "questions_cut"):
+            setattr(report, key, getattr(report, key) + dialogue.meta[key])
         if dialogue.turns:
             done.append(dialogue)
+            report.new += 1
         else:
+            report.skipped += 1
             log.warning("no usable question/answer for %s; skipped", path)
         if done and (i % save_every == 0 or i == len(todo)):
             out.parent.mkdir(parents=True, exist_ok=True)
-            write_dialogues(done, out, image_root)
+            write_dialogues(done, out, root)
     if not done:
-        raise DataFormatError(f"{generator or cfg.model.backbone} wrote no usable question and answer for any of "
-                              f"the {len(todo)} images under {image_root}: use a chat-tuned VLM (--generator) or give "
-                              "the questions to answer (--question)")
-    return len(done)
+        raise DataFormatError(f"{writer_model(cfg, generator).backbone} wrote no usable question and answer for any "
+                              f"of the {len(todo)} images under {image_dir}: use a chat-tuned VLM (--generator or "
+                              "writer.backbone) or give the questions to answer (--question)")
+    report.dialogues = len(done)
+    if report.answers_cut:
+        log.warning("%d of %d answers hit writer.max_answer_tokens=%d and were cut mid-answer; raise it to keep "
+                    "them whole", report.answers_cut, report.answers, writer.max_answer_tokens)
+    if report.questions_cut:
+        log.warning("%d question lists hit writer.max_question_tokens=%d (their unfinished last line was dropped)",
+                    report.questions_cut, writer.max_question_tokens)
+    return report

@@ -14,7 +14,7 @@ from ..config import Config
 from ..errors import ConfigError, DataFormatError
 from ..records import Dialogue, EvalDataset, TrainPair
 from ..shapesworld import build_shapesworld
-from .io import data_files, read_dialogues, read_eval_dataset, read_train_subset
+from .io import data_files, read_dialogues, read_eval_dataset, read_train_subset, sample_rows
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"  # ShapesWorld's: its parameters, so its fingerprint covers every image
@@ -37,22 +37,30 @@ def ensure_data(cfg: Config) -> Path:
     return root
 
 
-def _image_root(cfg: Config, root: Path) -> Path:
+def image_root(cfg: Config, root: Path) -> Path:
+    """The folder the image paths of training files and stage-1 dialogues are relative to: ``data.image_root``,
+    else the data folder ``root`` (ShapesWorld: ``root/images``)."""
     if cfg.data.image_root:
         return Path(cfg.data.image_root)
     return root / "images" if cfg.data.source == "shapesworld" else root
 
 
-def dataset_folders(root: Path, split: str) -> list[str]:
-    """Names of the sub-folders of ``root`` that hold ``<split>*`` data files, sorted; others are skipped."""
+def holds_split(folder: Path, split: str) -> bool:
+    """Whether ``folder`` holds data files of ``split`` (``<split>*.parquet`` or ``<split>*.jsonl``)."""
+    return any(folder.glob(f"{split}*.parquet")) or any(folder.glob(f"{split}*.jsonl"))
+
+
+def dataset_folders(root: Path, *splits: str) -> list[str]:
+    """Names of the sub-folders of ``root`` that hold data files of one of ``splits``, sorted; hidden folders
+    (the hub client's ``.cache``) are skipped, and so are folders without such files (an unzipped ``images/``)."""
     if not root.is_dir():
         raise ConfigError(f"{root} is not a folder: check the path")
     names = []
     for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if any(path.glob(f"{split}*.parquet")) or any(path.glob(f"{split}*.jsonl")):
+        if any(holds_split(path, split) for split in splits):
             names.append(path.name)
         else:
-            log.info("skipping %s: no %s*.parquet or %s*.jsonl in it", path, split, split)
+            log.info("skipping %s: no %s in it", path, " or ".join(f"{s}*.parquet or {s}*.jsonl" for s in splits))
     return names
 
 
@@ -78,8 +86,7 @@ def stage1_dialogues(cfg: Config) -> list[Dialogue]:
     if not path.exists():
         raise ConfigError(f"stage-1 dialogues {path} not found: build them with `comalite stage1-data` "
                           "or set stage1.dialogues")
-    image_root = Path(cfg.data.image_root) if cfg.data.image_root else _image_root(cfg, ensure_data(cfg))
-    dialogues = read_dialogues(path, image_root)
+    dialogues = read_dialogues(path, image_root(cfg, ensure_data(cfg)))
     return dialogues[:cfg.stage1.max_dialogues] if cfg.stage1.max_dialogues else dialogues
 
 
@@ -106,13 +113,39 @@ def train_files(cfg: Config) -> list[Path]:
     return files + ([manifest] if manifest.exists() else [])
 
 
+def subset_cap(cfg: Config, subset: str) -> int:
+    """The rows stage 2 takes from ``subset``: ``stage2.subset_caps[subset]``, else ``stage2.per_subset_cap``
+    (0 = every row)."""
+    return cfg.stage2.subset_caps.get(subset, cfg.stage2.per_subset_cap)
+
+
+def _check_cap_names(cfg: Config, subsets: tuple[str, ...], train_dir: Path) -> None:
+    """A cap whose name differs from a subset found only in spelling (ImageNet-1K for ImageNet_1K) would
+    silently cap nothing: refuse it. Caps for subsets not downloaded are fine (presets list all 20)."""
+    loose = {name.lower().replace("-", "_"): name for name in subsets}
+    unused = [name for name in cfg.stage2.subset_caps if name not in subsets]
+    for name in unused:
+        near = loose.get(name.lower().replace("-", "_"))
+        if near:
+            raise ConfigError(f"stage2.subset_caps.{name}: no subset '{name}' under {train_dir}, but there is "
+                              f"'{near}': spell the cap as --set stage2.subset_caps.{near}=...")
+    if unused:
+        log.info("stage2.subset_caps names subsets that are not under %s: %s", train_dir, ", ".join(unused))
+
+
 def train_pairs(cfg: Config) -> list[TrainPair]:
-    """Stage-2 pairs from every MMEB-train-schema subset under the train folder (or ``stage2.subsets``)."""
+    """Stage-2 pairs from every MMEB-train-schema subset under the train folder (or ``stage2.subsets``).
+
+    A capped subset keeps a sample of its rows drawn with ``stage2.train.seed`` (in file order), as the
+    paper's loader shuffles each subset with a seed before taking the first rows: the first rows of a file
+    sorted by class would hold only a few classes."""
     train_dir = _train_dir(cfg)
+    subsets = train_subsets(cfg)
+    _check_cap_names(cfg, subsets, train_dir)
     pairs: list[TrainPair] = []
-    for name in train_subsets(cfg):
-        pairs += read_train_subset(train_dir / name, _image_root(cfg, cfg.data_root()), subset=name,
-                                   limit=cfg.stage2.per_subset_cap or None)
+    for name in subsets:
+        rows = read_train_subset(train_dir / name, image_root(cfg, cfg.data_root()), subset=name)
+        pairs += [rows[i] for i in sample_rows(len(rows), subset_cap(cfg, name) or None, cfg.stage2.train.seed)]
     return pairs
 
 
@@ -130,10 +163,10 @@ def eval_root(cfg: Config) -> tuple[Path, Path]:
 
 def eval_datasets(cfg: Config) -> list[EvalDataset]:
     """The evaluation datasets this config names (default: every one found), sampled as configured."""
-    root, image_root = eval_root(cfg)
+    root, images = eval_root(cfg)
     names = cfg.eval.datasets or tuple(dataset_folders(root, "test"))
     if not names:
         raise DataFormatError(f"{root}: no evaluation datasets (folders with test*.parquet files). Download "
                               "MMEB-eval datasets there or fix eval.root.")
-    return [read_eval_dataset(root, name, image_root=image_root, limit=cfg.eval.max_queries or None,
+    return [read_eval_dataset(root, name, image_root=images, limit=cfg.eval.max_queries or None,
                               seed=cfg.eval.seed) for name in names]

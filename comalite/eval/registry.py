@@ -10,16 +10,25 @@ copies of the eval files and are informational: the evaluator embeds ``qry_text`
 
 ShapesWorld (``comalite.shapesworld``) is registered on the first lookup that needs it, so importing this
 module stays light and does not pull in the generator.
+
+A dataset of your own, in the MMEB-eval layout under another name, is described where it is evaluated
+(``dataset_info``): by the setting ``eval.meta_tasks`` or by a ``dataset.json`` beside its data, e.g.
+``{"meta_task": "classification"}`` (optional: ``split``, default OOD, since nothing trained on it;
+``query``/``target``, default what its first row holds; ``instruction``). Its ``source`` is ``"user"``.
 """
 from __future__ import annotations
 
 import difflib
+import json
+from collections.abc import Mapping
 
-from comalite.errors import UnknownDatasetError
-from comalite.records import META_TASKS, DatasetInfo
+from comalite.errors import ConfigError, DataFormatError, UnknownDatasetError
+from comalite.records import META_TASKS, DatasetInfo, EmbedInput, EvalDataset
 
 SPLITS = ("IND", "OOD")
 MODALITIES = ("image", "text", "image+text")
+USER_FILE = "dataset.json"
+"""The file beside a dataset of your own that says what it measures (see the module docstring)."""
 
 REGISTRY: dict[str, DatasetInfo] = {}
 """Every registered dataset by name, MMEB's first, in the order of the MMEB tables."""
@@ -65,12 +74,84 @@ def get_dataset_info(name: str) -> DatasetInfo:
         _ensure_shapesworld()
     if name in REGISTRY:
         return REGISTRY[name]
+    close = _close_names(name)
+    hint = close if close != "none" else "none; see comalite.eval.registry.REGISTRY"
+    raise UnknownDatasetError(f"unknown evaluation dataset {name!r}; close names: {hint}. A dataset of your own "
+                              "needs an entry: comalite.eval.registry.register(DatasetInfo(...))")
+
+
+def _close_names(name: str) -> str:
     # Near misses are common (ImageNet_1K is the train name of ImageNet-1K; case; '-' vs '_').
     by_lower = {n.lower().replace("_", "-"): n for n in REGISTRY}
     close = difflib.get_close_matches(name.lower().replace("_", "-"), list(by_lower), n=5, cutoff=0.6)
-    hint = ", ".join(by_lower[c] for c in close) if close else "none; see comalite.eval.registry.REGISTRY"
-    raise UnknownDatasetError(f"unknown evaluation dataset {name!r}; close names: {hint}. A dataset of your own "
-                              "needs an entry: comalite.eval.registry.register(DatasetInfo(...))")
+    return ", ".join(by_lower[c] for c in close) if close else "none"
+
+
+def _holds(items: list[EmbedInput]) -> str:
+    """What one side of a dataset holds, as a modality. A text that every item shares is an instruction,
+    not content: MMEB calls ImageNet-1K's queries ``image`` although each carries the same instruction."""
+    image = any(item.image for item in items)
+    text = not image or len({item.text for item in items}) > 1
+    return "image+text" if image and text else "image" if image else "text"
+
+
+def _user_info(data: EvalDataset, fields: dict, where: str) -> DatasetInfo:
+    """A ``source="user"`` entry from ``fields`` (meta_task, and optionally split, query, target,
+    instruction); ``where`` names the file or setting they came from, for the message."""
+    choices = {"meta_task": META_TASKS, "split": SPLITS, "query": MODALITIES, "target": MODALITIES}
+    unknown = set(fields) - {*choices, "instruction"}
+    if unknown:
+        raise DataFormatError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; known: instruction, "
+                              f"{', '.join(choices)}")
+    values = {"split": "OOD", "instruction": "", "query": _holds([q.query for q in data.queries]),
+              "target": _holds([q.candidates[0] for q in data.queries]), **fields}
+    for field, allowed in choices.items():
+        if values.get(field) not in allowed:
+            raise DataFormatError(f"{where}: field '{field}' is {values.get(field)!r}; choose one of "
+                                  f"{', '.join(allowed)}")
+    if not isinstance(values["instruction"], str):
+        raise DataFormatError(f"{where}: field 'instruction' must be a string")
+    return DatasetInfo(data.name, values["meta_task"], values["split"], values["instruction"], values["query"],
+                       values["target"], source="user")
+
+
+def _user_file(path) -> dict:
+    example = '{"meta_task": "classification"}'
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataFormatError(f"{path}: not valid JSON ({err}). Write e.g. {example}") from None
+    if not isinstance(fields, dict):
+        raise DataFormatError(f"{path}: expected a JSON object such as {example}")
+    return fields
+
+
+def dataset_info(data: EvalDataset, meta_tasks: Mapping[str, str] | None = None) -> DatasetInfo:
+    """The ``DatasetInfo`` of an evaluation dataset read from disk: the registry's entry for MMEB's (and
+    ShapesWorld's) names; for a dataset of your own, its meta-task from ``meta_tasks`` (the setting
+    ``eval.meta_tasks``) or from ``dataset.json`` in its folder (``data.source``), the setting winning.
+    Anything else raises ``UnknownDatasetError`` saying how to describe it."""
+    name, meta_tasks = data.name, meta_tasks or {}
+    if name not in REGISTRY:
+        _ensure_shapesworld()
+    if name in REGISTRY:
+        if name in meta_tasks:
+            raise ConfigError(f"eval.meta_tasks.{name}: {name} is a registered dataset "
+                              f"({REGISTRY[name].meta_task}); the setting is for datasets of your own: drop it")
+        return REGISTRY[name]
+    file = data.source / USER_FILE if data.source is not None else None
+    has_file = file is not None and file.is_file()
+    fields = _user_file(file) if has_file else {}
+    if name in meta_tasks:
+        return _user_info(data, {**fields, "meta_task": meta_tasks[name]}, f"eval.meta_tasks.{name}")
+    if has_file:
+        return _user_info(data, fields, str(file))
+    close = _close_names(name)
+    raise UnknownDatasetError(
+        f"unknown evaluation dataset {name!r}: not an MMEB or ShapesWorld name"
+        + (f" (close names: {close})" if close != "none" else "") + ". To evaluate a dataset of your own, give "
+        f"its meta-task ({', '.join(META_TASKS)}): --set eval.meta_tasks={name}=classification, or a file "
+        f'{data.source or name}/{USER_FILE} holding {{"meta_task": "classification"}}')
 
 
 def datasets(meta_task: str | None = None, split: str | None = None, source: str | None = None) -> list[DatasetInfo]:

@@ -30,9 +30,11 @@ def _describe_datasets(rows: list[dict]) -> str:
         if missing:
             text += f" (missing: {', '.join(missing)}; aggregates are not comparable to published ones)"
         parts.append(text)
+    labels = {"shapesworld": "ShapesWorld dataset", "user": "dataset of your own"}
     for source in sorted({r["source"] for r in rows} - {"mmeb"}):
-        label = "ShapesWorld" if source == "shapesworld" else source
-        parts.append(f"{sum(r['source'] == source for r in rows)} {label} datasets")
+        n = sum(r["source"] == source for r in rows)
+        label = labels.get(source, f"{source} dataset")
+        parts.append(f"{n} {label}" if n == 1 else f"{n} {label.replace('dataset', 'datasets', 1)}")
     return "Datasets: " + "; ".join(parts) + "."
 
 

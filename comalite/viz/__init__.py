@@ -15,12 +15,18 @@ What is where (import everything from ``comalite.viz`` itself):
 - ``figures``: :func:`plot_loss_curves` with :func:`ema_smooth`, :func:`plot_similarity_matrix`,
   :func:`plot_results_bars`.
 - ``space``: :func:`project_2d` (PCA or UMAP) and :func:`plot_embedding_space`.
-- ``gallery``: :func:`plot_query_candidates`, :func:`top_k`, :func:`plot_retrieval_gallery` and
-  :func:`neighbour_explorer`.
+- ``gallery``: :func:`plot_query_candidates`, :func:`top_k`, :func:`plot_retrieval_gallery`,
+  :func:`plot_search_results` and :func:`neighbour_explorer`.
 """
 from .attention_mask import plot_attention_mask, role_segments
 from .figures import ema_smooth, plot_loss_curves, plot_results_bars, plot_similarity_matrix
-from .gallery import neighbour_explorer, plot_query_candidates, plot_retrieval_gallery, top_k
+from .gallery import (
+    neighbour_explorer,
+    plot_query_candidates,
+    plot_retrieval_gallery,
+    plot_search_results,
+    top_k,
+)
 from .space import plot_embedding_space, project_2d
 from .style import (
     CORRECT_COLOUR,
@@ -50,6 +56,7 @@ __all__ = [
     "plot_results_bars",
     "plot_query_candidates",
     "plot_retrieval_gallery",
+    "plot_search_results",
     "plot_similarity_matrix",
     "project_2d",
     "role_segments",

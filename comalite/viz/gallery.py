@@ -1,12 +1,12 @@
-"""Retrieval results: the top-k ranking, a gallery of a query's best candidates and an interactive
-neighbour explorer for notebooks."""
+"""Retrieval results: the top-k ranking, a gallery of a query's best candidates, the hits of image searches
+and an interactive neighbour explorer for notebooks."""
 from __future__ import annotations
 
 import base64
 import html
 import io
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -112,6 +112,37 @@ def plot_retrieval_gallery(
                      color=CORRECT_COLOUR if correct else "black")
         _frame(ax, CORRECT_COLOUR if correct else "#bbbbbb", 4 if correct else 1)
     fig.suptitle(f"correct candidate ranked #{rank_of[correct_index]} of {len(candidates)}", fontsize=10)
+    fig.tight_layout()
+    save(fig, save_to)
+    return fig
+
+
+def plot_search_results(
+    searches: Sequence[tuple[Image.Image | None, str, Sequence[tuple[str, float]]]],
+    *,
+    marked: Collection[str] = (),
+    save_to: str | Path | None = None,
+) -> Figure:
+    """One row per search ``(query image or None, query text, hits)``: the query, then its hits (``(image
+    path, score)``, best first, as ``comalite.search.ImageIndex.search`` returns them), each titled with
+    its rank and score and labelled with its file name. Hits whose path is in ``marked`` (the image a
+    caption describes, say) are framed green with a ✓."""
+    if not searches:
+        raise ValueError("no searches to show")
+    columns = 1 + max(len(hits) for _, _, hits in searches)
+    fig, axes = plt.subplots(len(searches), columns, figsize=(2.3 * columns, 3.0 * len(searches)), squeeze=False)
+    for row, (query_image, query_text, hits) in zip(axes, searches):
+        _draw_item(row[0], query_image, query_text)
+        row[0].set_title("query", fontweight="bold")
+        _frame(row[0], "#333333", 1.5)
+        for rank, (ax, (path, score)) in enumerate(zip(row[1:], hits), start=1):
+            _draw_item(ax, load_image(path), Path(path).name)
+            correct = path in marked
+            ax.set_title(f"#{rank}  score {score:.3f}" + ("  ✓" if correct else ""), fontsize=9,
+                         color=CORRECT_COLOUR if correct else "black")
+            _frame(ax, CORRECT_COLOUR if correct else "#bbbbbb", 4 if correct else 1)
+        for ax in row[1 + len(hits):]:
+            ax.axis("off")
     fig.tight_layout()
     save(fig, save_to)
     return fig
