@@ -309,3 +309,15 @@ def test_the_writer_runs_on_the_qwen2_5_vl_architecture(tiny_config, tiny_qwen2_
     image = str(sorted((data_root / "images" / "stage1").glob("*.png"))[0])
     dialogue = generate_dialogue(backbone, image, cfg.writer, questions=QUESTIONS)
     assert dialogue.meta["answers"] == len(inputs) == 2 and inputs[1][:len(inputs[0])] == inputs[0]
+
+
+def test_the_7b_writer_preset_changes_only_the_writer():
+    """``--preset qwen2.5-vl-7b-writer`` for stage1-data: the paper's writer in nf4; everything else (run name,
+    model, data, stages) is qwen2-vl-2b's, so stage 1 and 2 run with that preset on the same folders."""
+    from comalite.config import load_config
+
+    writer, base = load_config("qwen2.5-vl-7b-writer").to_dict(), load_config("qwen2-vl-2b").to_dict()
+    assert writer.pop("writer")["backbone"] == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert load_config("qwen2.5-vl-7b-writer").writer.quantization == "nf4"
+    base.pop("writer")
+    assert writer == base
