@@ -47,6 +47,7 @@ case "$cmd" in
   demo) exec "$VENV/bin/comalite" demo "$@" ;;
   # Two worker processes, one torch thread each (tests/conftest.py), a test file per worker: the notebooks
   # (run in order, sharing their run folder) stay on one worker while the rest runs on the other core.
+  # COMALITE_TEST_WORKERS=0: everything in this one process.
   test) exec "$VENV/bin/python" -m pytest -q -n "${COMALITE_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
   setup) ;;
   *) exec "$VENV/bin/$cmd" "$@" ;;
