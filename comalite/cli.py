@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from .config import load_config, preset_names
-from .errors import ComaliteError, DataFormatError
+from .errors import ComaliteError
 
 
 def _config(args):
@@ -140,9 +140,6 @@ def cmd_experiment(args) -> None:
 def cmd_stage1_data(args) -> None:
     from .data.dialogues import build_stage1_data
 
-    if not Path(args.images).is_dir():
-        raise DataFormatError(f"--images {args.images}: no such folder. Give the folder of images (searched "
-                              "recursively).")
     _writable_folder(Path(args.out).absolute().parent)
     cfg = _config(args)
     r = build_stage1_data(cfg, images=args.images, out=args.out, generator=args.generator, limit=args.limit,

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .backbone import Backbone, checkpoint_fingerprint
+from .data.images import IMAGE_SUFFIXES
 from .errors import InputError
 from .fingerprint import digest, tensors_fingerprint
 from .progress import progress_bar
@@ -81,10 +82,6 @@ def model_fingerprint(backbone: Backbone, pooling: str) -> str:
 IMAGE_INSTRUCTION = f"{IMAGE_PLACEHOLDER}\nRepresent the given image."
 """The text a bare image is embedded with: MMEB's text for image candidates (ShapesWorld's too), so a bare
 image is embedded the way stage 2 saw its image targets."""
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-"""File endings read as images: a folder's images (``comalite.search``), and the ``str`` items ``encode``
-refuses as texts because they name such a file."""
 
 Item = Union[str, os.PathLike, Image.Image, EmbedInput, tuple, dict]
 """What ``EmbeddingModel.encode`` takes, one per input (the rules are in its docstring)."""

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
-from .embedding import IMAGE_SUFFIXES, EmbeddingModel, Item
+from .data.images import IMAGE_SUFFIXES, find_images
+from .embedding import EmbeddingModel, Item
 from .errors import InputError, SearchIndexError
 
 TEXT_QUERY_INSTRUCTION = "Find me an image that matches the given caption: "
@@ -45,18 +46,15 @@ FORMAT = 1
 
 
 def image_files(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """The image files of a folder (recursively, files ending in ``IMAGE_SUFFIXES``, hidden ones skipped,
-    sorted by their path under the folder), or a list of image paths as given, each checked to exist."""
+    """The image files of a folder (``comalite.data.images.find_images``), or a list of image paths as given, each checked to exist."""
     if isinstance(images, (str, os.PathLike)):
         folder = Path(images)
         if not folder.is_dir():
             raise InputError(f"{folder}: not a folder. Give a folder of images or a list of image paths.")
-        found = sorted(p.relative_to(folder) for p in folder.rglob("*")
-                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        found = find_images(folder)
         if not found:
             raise InputError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it or below it.")
-        return [str(folder / p) for p in found]
+        return [str(p) for p in found]
     paths = [os.fspath(p) for p in images]
     missing = [(i, p) for i, p in enumerate(paths) if not os.path.isfile(p)]
     if missing:

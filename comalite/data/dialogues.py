@@ -46,14 +46,13 @@ from ..config import Config, ModelConfig, WriterConfig
 from ..errors import ConfigError, DataFormatError
 from ..progress import progress_bar
 from ..records import IMAGE_PLACEHOLDER, Dialogue, TrainPair, Turn
-from .images import load_image
+from .images import find_images, load_image
 from .io import read_dialogues, write_dialogues
 from .sources import image_root
 
 log = logging.getLogger(__name__)
 SYSTEM_MESSAGE = "You are a helpful assistant."
 """What Qwen2-VL's and Qwen2.5-VL's chat templates insert when a chat has no system message."""
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 _LIST_MARK = re.compile(r"^\s*(\d+\s*[.):]|[-*\u2022]|Q\d*\s*[.):])\s*")
 
 
@@ -179,14 +178,6 @@ def generate_dialogue(backbone: Backbone, image: str, writer: WriterConfig, *,
 # ----------------------------------------------------------------------------- a folder of images
 
 
-def find_images(folder: str | Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, by suffix), sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def stage1_image_root(cfg: Config) -> Path | None:
     """The absolute folder stage 1 resolves the dialogues' image paths against (as
     ``sources.stage1_dialogues`` does: ``data.image_root``, else ``data.root``, ShapesWorld's ``root/images``),
@@ -246,6 +237,9 @@ def build_stage1_data(cfg: Config, *, images: str | Path, out: str | Path, gener
     Resumes: images already in ``out`` (by absolute path) are skipped; the file is rewritten atomically every
     ``save_every`` images. A writer that answers nothing at all is an error."""
     out, image_dir = Path(out), Path(os.path.abspath(images))
+    if not image_dir.is_dir():
+        raise DataFormatError(f"--images {images}: no such folder. Give the folder of images (searched "
+                              "recursively).")
     root = stage1_image_root(cfg)
     if root is None:
         root = image_dir

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 from PIL import Image
 
@@ -10,6 +11,17 @@ from comalite.errors import DataFormatError
 MAX_IMAGE_PIXELS = 8192 * 8192
 """Larger images are refused before decoding: memory and time stay bounded (the processor would shrink
 them to ``model.max_pixels`` anyway)."""
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+"""File endings read as images when a folder is searched for them."""
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """The image files under the existing folder ``folder`` (recursively, by ``IMAGE_SUFFIXES``; hidden files
+    and folders such as a hub client's ``.cache`` skipped), sorted by their path."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def load_image(path, origin: str = "") -> Image.Image:
