@@ -15,7 +15,7 @@ or ``none`` (the unquantised base, bf16 on a GPU). Each (stage, quantization) ru
 
 - stage 1: one micro-batch of the preset (``stage1.train.batch_size / grad_accum`` = 256 / 32 = 8, or
   ``--micro-batch``) of synthetic dialogues: a random ``--image-size`` image (default: the side of
-  ``model.max_pixels``, 448 -> 256 image tokens), the stage-1 prompt, the K compression tokens, and QA turns
+  ``model.max_pixels``: 896 -> 1024 image tokens for the preset; 448 -> 256 tokens with ``--image-size 448``), the stage-1 prompt, the K compression tokens, and QA turns
   until the QA part holds ``--dialogue-tokens`` tokens (default 150). ``dialogue_example`` + ``collate``,
   ``lm_loss`` with the preset's compression mask and supervision, backward. Per optimizer step:
   ``grad_accum`` micro-batches (``ceil(batch_size / micro-batch)``) plus one optimizer update.
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--micro-batch", type=int, help="stage-1 dialogues per micro-batch (default: the "
                                                         "preset's batch_size / grad_accum)")
     parser.add_argument("--image-size", type=int, help="side of the square random images in pixels (default: "
-                                                       "the side of model.max_pixels, 448 for the preset)")
+                                                       "the side of model.max_pixels, 896 for the preset)")
     parser.add_argument("--dialogue-tokens", type=int, default=150, help="stage-1 QA tokens per dialogue (at least)")
     parser.add_argument("--stage2-batch", type=int, help="stage-2 pairs per step (default: the preset's 1024)")
     parser.add_argument("--chunk", type=int, help="GradCache chunk (default: the preset's stage2.chunk_size)")

@@ -19,7 +19,8 @@ Stage-1 and stage-2 steps visit fresh batches, so the vision cache only pays fro
 warm-up visits ``--warm-epochs`` epochs' worth of images first (0 = a cold cache, as in a first epoch).
 
 ``--images N`` also times the real-size image path: N 640x480 JPEGs decoded and turned into patches by the
-Qwen2-VL image processor at the ``qwen2-vl-2b`` preset's pixel budget (448x448 -> 256 tokens), in the main
+Qwen2-VL image processor at the ``qwen2-vl-2b`` preset's pixel budget (256-1024 tokens now; the committed
+``step_speed.json`` was measured under its earlier 448x448 -> 256-token cap), in the main
 process and with a pool of worker threads. The numbers go to a JSON file (default
 ``benchmarks/results/step_speed.json``) and to stdout.
 """

@@ -119,9 +119,17 @@ def cmd_demo(args) -> None:
     print(f"results, checkpoints and plots under {cfg.run_dir()}")
 
 
+def _one_process(command: str) -> None:
+    """Refuse to run ``command`` under torchrun: every process would do all of its work and write the same files."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ComaliteError(f"{command} runs in one process: start it without torchrun (stage1, stage2 and eval "
+                            "are the commands that share their work across processes)")
+
+
 def cmd_export(args) -> None:
     from .export import export_model
 
+    _one_process("export")
     _writable_folder(Path(args.out).absolute().parent)
     out = export_model(args.result, args.out, base=args.base or None)
     print(f"exported {args.result} to {out}: loads with transformers + peft, no comalite (see {out / 'README.md'})")
@@ -140,6 +148,7 @@ def cmd_experiment(args) -> None:
 def cmd_stage1_data(args) -> None:
     from .data.dialogues import build_stage1_data
 
+    _one_process("stage1-data")
     _writable_folder(Path(args.out).absolute().parent)
     cfg = _config(args)
     r = build_stage1_data(cfg, images=args.images, out=args.out, generator=args.generator, limit=args.limit,
@@ -197,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output jsonl")
     p.add_argument("--generator", default="", help="VLM that writes the QA (overrides writer.backbone; default: "
                    "the preset's writer.backbone, else model.backbone)")
-    p.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
+    p.add_argument("--limit", type=int, default=0, help="this many images, a seeded sample of all of them "
+                   "(data.seed; 0 = all)")
     p.add_argument("--question", action="append", default=[],
                    help="a question to answer about every image (repeatable; default: the generator writes them)")
     return parser

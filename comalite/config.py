@@ -179,6 +179,13 @@ class Config:
     def validate(self) -> "Config":
         """Check choices, ranges and the settings that must agree; raises ``ConfigError`` naming the setting."""
         self.writer.validate()
+        for where, low, high in (("model", self.model.min_pixels, self.model.max_pixels),
+                                 ("writer", self.writer.min_pixels or self.model.min_pixels,
+                                  self.writer.max_pixels or self.model.max_pixels)):
+            if not 0 < low <= high:
+                inherited = " (a writer's 0 takes the model's)" if where == "writer" else ""
+                raise ConfigError(f"{where}.min_pixels={low} and {where}.max_pixels={high}{inherited}: give "
+                                  "0 < min_pixels <= max_pixels")
         for where, value, choices in (
             ("model.quantization", self.model.quantization, ("nf4", "none")),
             ("model.dtype", self.model.dtype, ("auto", "bf16", "fp16", "fp32")),

@@ -140,6 +140,17 @@ def as_embed_input(item: Item, index: int, instruction: str | None = None) -> Em
     return EmbedInput(with_placeholder(text), _image(image, where), where)
 
 
+def _checked(item: EmbedInput, index: int) -> EmbedInput:
+    """``item``, if its text places its image at most once and only when it has one (else the sequence
+    builder would fail mid-run, without naming the item)."""
+    n = item.text.count(IMAGE_PLACEHOLDER)
+    if n > 1 or (n and item.image is None):
+        raise InputError(f"item {index}: its text holds {IMAGE_PLACEHOLDER} {n} time(s) for "
+                         f"{'one image' if item.image is not None else 'no image'}: give one image and at most "
+                         f"one {IMAGE_PLACEHOLDER}.")
+    return item
+
+
 class EmbeddingModel:
     """A backbone used as an embedding model: ``encode(items) -> (n, H)`` float32 unit rows.
 
@@ -206,7 +217,7 @@ class EmbeddingModel:
         item type or an image file that is not there raises ``InputError`` naming the item's index, before
         anything is embedded.
         """
-        if isinstance(items, (str, os.PathLike, Image.Image, EmbedInput, dict)):
+        if isinstance(items, (str, os.PathLike, Image.Image, EmbedInput, dict, tuple)):
             raise InputError(f"encode takes a list of items, not one {type(items).__name__}: encode([item])")
-        inputs = [as_embed_input(item, i, instruction) for i, item in enumerate(items)]
+        inputs = [_checked(as_embed_input(item, i, instruction), i) for i, item in enumerate(items)]
         return self.embed(inputs, progress=show_progress, batch_size=batch_size)

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import atomic_write_json, atomic_write_text
 from .backbone import MODEL_CLASSES, NAMED_CHECKPOINTS, resolve_checkpoint
 from .compression import CompressionTokens
+from .embedding import IMAGE_INSTRUCTION
 from .errors import ComaliteError
 from .processor import IMAGE_PAD, VISION_END, VISION_START, VLProcessor, compression_token
 from .records import IMAGE_PLACEHOLDER
@@ -77,7 +78,7 @@ def embed(texts, images=None):
 
 
 text_vectors = embed(["A red circle above a blue square."])
-image_vectors = embed(["{placeholder} Represent the given image."], [Image.open("photo.png").convert("RGB")])
+image_vectors = embed([{image_text}], [Image.open("photo.png").convert("RGB")])  # as comalite embeds a bare image
 '''
 """The model card's snippet, filled in per export (``usage_snippet``); the tests run it as written."""
 
@@ -170,7 +171,7 @@ def usage_snippet(export: str, base: str, *, model_class: str, k: int, pooling: 
     return SNIPPET.format(
         export=json.dumps(export), base=json.dumps(base), model_class=model_class, k=k, dtype=DTYPES[dtype],
         nf4=NF4 if nf4 else "", quantization=", quantization_config=nf4" if nf4 else "", pooled=POOLED[pooling][0],
-        pooling_comment=POOLED[pooling][1], placeholder=IMAGE_PLACEHOLDER, vision_start=VISION_START,
+        pooling_comment=POOLED[pooling][1], placeholder=IMAGE_PLACEHOLDER, image_text=repr(IMAGE_INSTRUCTION), vision_start=VISION_START,
         image_pad=IMAGE_PAD, vision_end=VISION_END)
 
 

@@ -167,7 +167,8 @@ class ImageIndex:
         k = min(k, len(self))
         if self.resolved_backend() == "faiss":
             scores, rows = self._faiss_index(k).search(vector[None], k)
-            scores, rows = scores[0], rows[0]
+            found = rows[0] >= 0  # HNSW pads with -1 when its graph search reaches fewer than k images
+            scores, rows = scores[0][found], rows[0][found]
         else:
             all_scores = self.embeddings @ vector
             rows = np.argpartition(-all_scores, k - 1)[:k] if k < len(self) else np.arange(len(self))

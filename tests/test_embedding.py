@@ -251,6 +251,9 @@ def test_bad_items_are_named_by_their_index(backbone, inputs, tmp_path):
         ([EmbedInput("x <|image_1|>", str(missing))], r"^item 0: image file .*nowhere\.png not found"),
         (["ok", str(good)], r"^item 1 is the text .* which names an image file: pass pathlib\.Path"),
         (good, r"^encode takes a list of items, not one"),
+        (("a caption", good), r"^encode takes a list of items, not one tuple"),   # a bare pair, not two items
+        (["a text", "<|image_1|> where is it?"], r"^item 1: its text holds <\|image_1\|> 1 time\(s\) for no image"),
+        ([("<|image_1|> and <|image_1|>", good)], r"^item 0: its text holds <\|image_1\|> 2 time\(s\) for one image"),
     ]
     for items, message in cases:
         with pytest.raises(InputError, match=message) as caught:

@@ -310,3 +310,14 @@ def test_benchmark_script_reports_throughput_and_deduplication(tmp_path, capsys)
     assert ret["candidates_encoded_per_query"] <= 200 / 50  # drawn from a pool of 5 x 40
     assert report["total"]["n_queries"] == 100 and report["total"]["queries_per_s"] > 0
     assert "queries/s" in capsys.readouterr().out
+
+
+def test_the_report_says_when_aggregates_are_not_comparable_to_published_ones():
+    from comalite.eval.registry import MMEB_V1_NAMES
+    from comalite.eval.report import _describe_datasets
+
+    mmeb = [{"name": n, "source": "mmeb"} for n in MMEB_V1_NAMES]
+    assert "not comparable" not in _describe_datasets(mmeb)
+    with_own = _describe_datasets(mmeb + [{"name": "Digits", "source": "user"}])
+    assert "not comparable" in with_own and "1 dataset of your own" in with_own
+    assert "missing: ImageNet-1K" in _describe_datasets(mmeb[1:])

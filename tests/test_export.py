@@ -246,3 +246,15 @@ def test_the_readme_shows_the_snippet_an_export_of_the_2b_preset_writes():
     assert shown == usage_snippet("exports/coma-2b", model.backbone, model_class="Qwen2VLForConditionalGeneration",
                                   k=model.n_compress, pooling="mean", quantization=model.quantization,
                                   dtype=model.dtype)
+
+
+def test_export_and_stage1_data_refuse_to_run_under_torchrun(monkeypatch):
+    """Each torchrun process would repeat the whole export (racing on one folder) or write every dialogue."""
+    from comalite.cli import _one_process
+    from comalite.errors import ComaliteError
+
+    _one_process("export")                              # one process: fine
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for command in ("export", "stage1-data"):
+        with pytest.raises(ComaliteError, match=f"^{command} runs in one process: start it without torchrun"):
+            _one_process(command)

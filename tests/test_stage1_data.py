@@ -10,6 +10,7 @@ import re
 import shutil
 import types
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from comalite.data.dialogues import (
     build_stage1_data,
     dialogues_from_pairs,
     generate_dialogue,
+    sample_images,
     write_questions,
     writer_model,
 )
@@ -90,7 +92,7 @@ def test_the_tiny_vlm_answers_given_questions_and_a_rerun_resumes(tiny_config, d
     # tiny-smoke sets neither data.root nor data.image_root: paths are relative to --images, and the log says so.
     assert "neither data.image_root nor data.root" in caplog.text
     written = read_dialogues(out, images)
-    assert [d.image for d in written] == [str(p) for p in sorted(images.rglob("*.png"))[:2]]
+    assert [d.image for d in written] == [str(p) for p in sample_images(sorted(images.rglob("*.png")), 2, 0)]
     for d in written:
         assert [t.question for t in d.turns] == QUESTIONS and all(t.answer.strip() for t in d.turns)
     # A rerun finds every image already done: nothing is generated and no model loads.
@@ -130,7 +132,8 @@ def test_a_resume_with_a_relative_images_folder_writes_no_duplicate(tiny_config,
     monkeypatch.setattr("comalite.data.dialogues.generate_dialogue",
                         lambda backbone, image, *a, **k: generated.append(image) or real(backbone, image, *a, **k))
     assert build_stage1_data(cfg, images="MMEB-train/images", out=out, limit=3, questions=QUESTIONS[:1]).new == 1
-    assert generated == [str(sorted(standin.rglob("*.png"))[2])]  # only the image not done yet
+    first_two = sample_images(sorted(standin.rglob("*.png")), 2, cfg.data.seed)
+    assert generated == [str(p) for p in sorted(standin.rglob("*.png")) if p not in first_two]  # only the one not done
     images = [d.image for d in read_dialogues(out, standin)]
     assert sorted(images) == sorted(str(p) for p in standin.rglob("*.png"))  # each image once
     assert len(out.read_text().splitlines()) == 3
@@ -321,3 +324,19 @@ def test_the_7b_writer_preset_changes_only_the_writer():
     assert load_config("qwen2.5-vl-7b-writer").writer.quantization == "nf4"
     base.pop("writer")
     assert writer == base
+
+
+def test_a_limit_draws_from_every_image_and_a_larger_one_keeps_the_smaller_ones_draw():
+    paths = [Path(f"images/{subset}/{i:03d}.png") for subset in ("A-OKVQA", "CIRR", "VisDial") for i in range(40)]
+    ten, thirty = sample_images(paths, 10, seed=0), sample_images(paths, 30, seed=0)
+    assert len(ten) == 10 and set(ten) < set(thirty) and ten == sorted(ten)
+    assert {p.parent.name for p in thirty} == {"A-OKVQA", "CIRR", "VisDial"}   # not the first folder's 30
+    assert sample_images(paths, 10, seed=1) != ten and sample_images(paths, 0, seed=0) == paths
+
+
+def test_a_writer_budget_below_the_models_minimum_is_refused():
+    from comalite.config import load_config
+    from comalite.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"writer.min_pixels=200704 and writer.max_pixels=100352 \(a writer's 0"):
+        load_config("qwen2.5-vl-7b-writer", ["writer.max_pixels=100352"])   # the 2B's min_pixels is inherited

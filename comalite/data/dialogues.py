@@ -24,7 +24,8 @@ Departs from the paper
 - The writer may run 4-bit (``writer.quantization``, nf4 in the preset, to fit one GPU next to nothing
   else); the paper's writer presumably ran in bf16. Its view of an image is capped by ``writer.max_pixels``.
 - Which images: the paper took up to 30K images from each of 12 MMEB-train subsets; ``stage1-data`` takes
-  every image under ``--images`` (``--limit`` caps the total, not per subset).
+  every image under ``--images``; ``--limit`` draws that many from all of them (seeded: ``data.seed``), not
+  up to 30K per subset.
 
 Where annotations already pair an image with questions and answers (MMEB-train's VQA-style subsets),
 ``dialogues_from_pairs`` turns them into dialogues without any generation.
@@ -39,6 +40,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..backbone import Backbone, load_backbone
@@ -225,6 +227,15 @@ def _done(out: Path, root: Path) -> list[Dialogue]:
     return done
 
 
+def sample_images(paths: list[Path], limit: int, seed: int) -> list[Path]:
+    """``limit`` of ``paths`` (all of them when ``limit`` is 0 or more), drawn by a seeded shuffle and kept in
+    their order: images from every sub-folder rather than the first folders' (sorted, MMEB's subsets come
+    alphabetically), and a larger limit keeps every image a smaller one drew, so a rerun extends the file."""
+    if not limit or limit >= len(paths):
+        return paths
+    return [paths[i] for i in sorted(np.random.default_rng(seed).permutation(len(paths))[:limit])]
+
+
 def build_stage1_data(cfg: Config, *, images: str | Path, out: str | Path, generator: str = "", limit: int = 0,
                       questions: list[str] | None = None, save_every: int = 50) -> Stage1DataReport:
     """Write a stage-1 jsonl for every image under ``images`` with the writer VLM (``cfg.writer``;
@@ -249,7 +260,7 @@ def build_stage1_data(cfg: Config, *, images: str | Path, out: str | Path, gener
         raise ConfigError(f"--images {images} is not under {root}, the folder stage 1 reads image paths against "
                           "(data.image_root, else data.root): put the images under it, or set data.root / "
                           "data.image_root to a folder that holds them")
-    paths = find_images(image_dir)[:limit or None]
+    paths = sample_images(find_images(image_dir), limit, cfg.data.seed)
     done = _done(out, root)
     have = {os.path.abspath(d.image) for d in done if d.image}
     todo = [p for p in paths if os.path.abspath(p) not in have]

@@ -164,7 +164,8 @@ def read_train_subset(path, image_root, *, subset: str | None = None, limit: int
                       split: str = "original") -> list[TrainPair]:
     """Read one MMEB-train-schema subset (a parquet/jsonl file, or a folder of ``<split>*`` files).
 
-    ``limit`` keeps the first N rows (VLM2Vec's per-subset caps). ``subset`` defaults to the folder name,
+    ``limit`` keeps the first N rows (as VLM2Vec's loader caps a subset; stage 2 samples instead:
+    ``sources.train_pairs``). ``subset`` defaults to the folder name,
     or to the file stem unless the stem is just a split shard name (``original-00000-of-00001``).
     Raises DataFormatError on a missing column, an empty query/positive or a missing image.
     """

@@ -136,9 +136,9 @@ def _check_cap_names(cfg: Config, subsets: tuple[str, ...], train_dir: Path) -> 
 def train_pairs(cfg: Config) -> list[TrainPair]:
     """Stage-2 pairs from every MMEB-train-schema subset under the train folder (or ``stage2.subsets``).
 
-    A capped subset keeps a sample of its rows drawn with ``stage2.train.seed`` (in file order), as the
-    paper's loader shuffles each subset with a seed before taking the first rows: the first rows of a file
-    sorted by class would hold only a few classes."""
+    A capped subset keeps a sample of its rows drawn with ``stage2.train.seed`` (in file order). That is
+    comalite's choice: the first rows of a file sorted by class would hold only a few classes. VLM2Vec's
+    loader takes the first N rows (``split[:N]``); how CoMa's own loader picks them was not checked."""
     train_dir = _train_dir(cfg)
     subsets = train_subsets(cfg)
     _check_cap_names(cfg, subsets, train_dir)

@@ -77,7 +77,8 @@ def get_dataset_info(name: str) -> DatasetInfo:
     close = _close_names(name)
     hint = close if close != "none" else "none; see comalite.eval.registry.REGISTRY"
     raise UnknownDatasetError(f"unknown evaluation dataset {name!r}; close names: {hint}. A dataset of your own "
-                              "needs an entry: comalite.eval.registry.register(DatasetInfo(...))")
+                              "needs its meta-task: --set eval.meta_tasks=<name>=classification, or a dataset.json "
+                              "beside its data (data/README.md)")
 
 
 def _close_names(name: str) -> str:

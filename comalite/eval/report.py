@@ -29,6 +29,8 @@ def _describe_datasets(rows: list[dict]) -> str:
         text = f"{len(mmeb)} of the 36 MMEB-V1 datasets"
         if missing:
             text += f" (missing: {', '.join(missing)}; aggregates are not comparable to published ones)"
+        elif len(mmeb) < len(rows):
+            text += " (the aggregates also average the datasets below: not comparable to published ones)"
         parts.append(text)
     labels = {"shapesworld": "ShapesWorld dataset", "user": "dataset of your own"}
     for source in sorted({r["source"] for r in rows} - {"mmeb"}):
