@@ -30,7 +30,6 @@ a GPU must hold, plus the allocator's slack (assume +20 %).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -158,6 +158,11 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def difference_cell(diff: dict) -> str:
+    """A paired difference (``paired_difference``) as a table cell, in points: ``+1.5 [-2.3, +5.3]``."""
+    return f"{100 * diff['mean']:+.1f} [{100 * diff['ci95'][0]:+.1f}, {100 * diff['ci95'][1]:+.1f}]"
+
+
 def format_report(summary: list[dict], meta: dict) -> str:
     """The summary as markdown tables: one row per group of runs, mean +- std (percent), then the paired
     differences against contrastive-only."""
@@ -178,8 +183,7 @@ def format_report(summary: list[dict], meta: dict) -> str:
         for e in entries:
             if "minus_contrastive_only" in e:
                 d = e["minus_contrastive_only"]
-                cells = [f"{100 * d[c]['mean']:+.1f} [{100 * d[c]['ci95'][0]:+.1f}, {100 * d[c]['ci95'][1]:+.1f}]"
-                         for c in cols]
+                cells = [difference_cell(d[c]) for c in cols]
                 lines.append(f"| {e['arm']} | {e['variant'] or '-'} | {e['steps']} | " + " | ".join(cells) + " |")
         lines.append("")
     groups = [g for g in GROUPS if g in meta["base"]]
@@ -194,8 +198,7 @@ def format_report(summary: list[dict], meta: dict) -> str:
                   f"CoMa (stage 1 + stage 2) trained {eq['stage1_seconds']:.0f} s longer than contrastive-only; spent on stage 2 "
                   f"instead, contrastive-only runs {eq['contrastive_only_steps']} steps. CoMa minus that run:", "",
                   "| " + " | ".join(groups) + " |", "|" + "---:|" * len(groups),
-                  "| " + " | ".join(f"{100 * d[g]['mean']:+.1f} [{100 * d[g]['ci95'][0]:+.1f}, {100 * d[g]['ci95'][1]:+.1f}]"
-                                    for g in groups) + " |", ""]
+                  "| " + " | ".join(difference_cell(d[g]) for g in groups) + " |", ""]
     return "\n".join(lines)
 
 
@@ -297,12 +300,20 @@ def committed_report() -> Path | None:
     return repo / "docs" / "experiments" / "does_compression_help" if repo else None
 
 
-def load_report(folder: str | Path) -> dict:
-    """``results.json`` of a report folder that ``run_experiment`` (``comalite experiment --out``) wrote."""
+def load_report(folder: str | Path | None) -> dict:
+    """``results.json`` of a report folder that ``run_experiment`` (``comalite experiment --out``) wrote;
+    ``None`` is what ``committed_report`` gives outside a checkout."""
+    if folder is None:
+        raise ComaliteError("no committed experiment report outside a checkout of the repository: give the folder "
+                            "that `comalite experiment --out FOLDER` wrote (notebook 06: RESULTS = FOLDER)")
     path = Path(folder) / REPORT_FILE
     if not path.exists():
         raise ComaliteError(f"{path} does not exist: run `comalite experiment --out {folder}` first")
-    return json.loads(path.read_text())
+    report = json.loads(path.read_text())
+    if "meta" not in report:
+        raise ComaliteError(f"{path} is not an experiment report (an evaluation's results.json?): give the folder "
+                            "that `comalite experiment --out` wrote")
+    return report
 
 
 def difference_in_words(diff: dict, what: str = "CoMa", than: str = "contrastive-only") -> str:

@@ -171,8 +171,8 @@ def usage_snippet(export: str, base: str, *, model_class: str, k: int, pooling: 
     return SNIPPET.format(
         export=json.dumps(export), base=json.dumps(base), model_class=model_class, k=k, dtype=DTYPES[dtype],
         nf4=NF4 if nf4 else "", quantization=", quantization_config=nf4" if nf4 else "", pooled=POOLED[pooling][0],
-        pooling_comment=POOLED[pooling][1], placeholder=IMAGE_PLACEHOLDER, image_text=repr(IMAGE_INSTRUCTION), vision_start=VISION_START,
-        image_pad=IMAGE_PAD, vision_end=VISION_END)
+        pooling_comment=POOLED[pooling][1], placeholder=IMAGE_PLACEHOLDER, image_text=repr(IMAGE_INSTRUCTION),
+        vision_start=VISION_START, image_pad=IMAGE_PAD, vision_end=VISION_END)
 
 
 def _replaceable(out_dir: Path) -> None:

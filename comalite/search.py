@@ -34,19 +34,19 @@ own image at median 112 of the set's 500 images with it, 188 without (chance 250
 BACKENDS = ("auto", "exact", "faiss")
 FAISS_MIN_IMAGES = 100_000
 """From this many images on, ``backend="auto"`` searches with faiss when it is installed. An exact query reads
-the whole (n, D) matrix: measured on one CPU thread, 5-14 ms at 100,000 x 128 (the tiny VLM) and 42 ms at
-100,000 x 1536 (Qwen2-VL-2B), growing linearly with n. The HNSW graph answered in 2.3 ms at 100,000 x 128,
-finding 91 % of the exact top 5 on synthetic data (clustered Gaussian vectors, a hard case for a graph
-search), after a 64 s build on one thread."""
+the whole (n, D) matrix, growing linearly with n. ``benchmarks/bench_search.py`` (one CPU thread, clustered
+synthetic vectors; ``benchmarks/results/search.json``): exact 6.0 ms a query at 100,000 x 128 (the tiny VLM)
+and 42 ms at 100,000 x 1536 (Qwen2-VL-2B); the HNSW graph 0.8 ms at 100,000 x 128 with the exact top 5 found,
+after a 23 s build."""
 HNSW_NEIGHBOURS, HNSW_BUILD_DEPTH, HNSW_SEARCH_DEPTH = 32, 80, 256
 """faiss HNSW settings: links per node (M), candidate list while building (efConstruction) and while searching
-(efSearch, at least ``k``; 128 found 76 % of the exact top 5 above, 512 found 98 % in 4.2 ms). Larger values:
-better recall, slower."""
+(efSearch, at least ``k``). Larger values: better recall, slower."""
 FORMAT = 1
 
 
 def image_files(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """The image files of a folder (``comalite.data.images.find_images``), or a list of image paths as given, each checked to exist."""
+    """The image files of a folder (``comalite.data.images.find_images``), or a list of image paths as given,
+    each checked to exist."""
     if isinstance(images, (str, os.PathLike)):
         folder = Path(images)
         if not folder.is_dir():
@@ -101,6 +101,7 @@ class ImageIndex:
         if backend not in BACKENDS:
             raise InputError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}.")
         self.paths, self.embeddings, self.fingerprint = [str(p) for p in paths], embeddings, fingerprint
+        self._rows = {os.path.abspath(p): i for i, p in enumerate(self.paths)}  # path -> row, for image queries
         self.backend = backend
         self.model = None
         if model is not None:
@@ -153,6 +154,10 @@ class ImageIndex:
         if self.model is None:
             raise SearchIndexError("this index has no model to embed a text or image query: load it with the "
                                    "model that built it, ImageIndex.load(path, model), or search with a vector.")
+        if isinstance(query, os.PathLike) and instruction is None:
+            row = self._rows.get(os.path.abspath(query))
+            if row is not None:  # an indexed image: its row is what embedding it again would give
+                return self.embeddings[row]
         if instruction is None and isinstance(query, str):
             instruction = TEXT_QUERY_INSTRUCTION  # images keep encode's default, the rows' IMAGE_INSTRUCTION
         self.use_model(self.model)  # the model may have been swapped since

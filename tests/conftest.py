@@ -79,3 +79,11 @@ def bench(monkeypatch):
     """``bench(name)`` imports ``benchmarks/<name>.py`` (importable by the benchmarks' worker processes too)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     return importlib.import_module
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if a model loads: the error depends only on settings and folders."""
+    from cli_checks import refuse_model_loads
+
+    refuse_model_loads(monkeypatch)

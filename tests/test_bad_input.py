@@ -26,6 +26,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_checks import cli, cli_error, refuse_model_loads
 from comalite.cli import main
 from comalite.data.images import MAX_IMAGE_PIXELS, load_image
 from comalite.data.io import read_dialogues, read_eval_dataset, read_train_subset
@@ -35,54 +36,6 @@ from comalite.records import EmbedInput
 IMG = "<|image_1|>\nRepresent the given image."
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def cli(capsys, *argv: str, code: int = 2) -> tuple[str, str]:
-    """Run ``comalite argv``; it must end with exit ``code`` and no traceback. Returns (stdout, stderr)."""
-    try:
-        main(list(argv))
-        status = 0
-    except SystemExit as exit_info:
-        status = exit_info.code
-    out, err = capsys.readouterr()
-    assert status == code, err
-    assert "Traceback" not in err
-    return out, err
-
-
-def cli_error(capsys, *argv: str) -> str:
-    """``comalite argv`` must fail with exactly one ``comalite <cmd>: error: ...`` message; returns it (all
-    lines: a run conflict lists the settings that differ)."""
-    err = cli(capsys, *argv)[1]
-    prefix = f"comalite {argv[0]}: error: "
-    assert sum(line.startswith(prefix) for line in err.splitlines()) == 1, err
-    return err[err.index(prefix) + len(prefix):]
-
-
-def refuse_model_loads(monkeypatch) -> None:
-    """Make any comalite module's ``load_backbone`` fail the test. Tests that run a command which may build the
-    tiny-smoke VLM (it loads a model) first request ``tiny_home``, a session fixture that builds it."""
-    import comalite.backbone
-    import comalite.data.dialogues
-    import comalite.pipeline
-    import comalite.result
-    import comalite.stage1
-    import comalite.stage2  # noqa: F401  (imported so that its name is patched too)
-
-    original = comalite.backbone.load_backbone
-
-    def refuse(*args, **kwargs):
-        pytest.fail("a model was loaded although the error depends only on settings and folders")
-
-    for name, module in list(sys.modules.items()):
-        if name.startswith("comalite") and getattr(module, "load_backbone", None) is original:
-            monkeypatch.setattr(module, "load_backbone", refuse)
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Fail the test if a model loads: the error depends only on settings and folders."""
-    refuse_model_loads(monkeypatch)
 
 
 def smoke(out: Path, *sets: str) -> list[str]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 
 def _data_args(data_root: Path) -> list[str]:
@@ -117,3 +119,28 @@ def test_estimate_memory(bench, tmp_path):
     for stage in ("stage1", "stage2", "eval"):
         assert high[stage]["with_slack"] > low[stage]["with_slack"]
     assert low["eval"]["checkpoints"] == 0 and low["eval"]["trainable"] == 0  # no gradients in evaluation
+
+
+
+def test_the_readmes_image_budget_table_is_the_committed_estimate():
+    """README's "The image budget" rows are what benchmarks/results/memory_estimate.json holds."""
+    estimate = _read(REPO / "benchmarks" / "results" / "memory_estimate.json")
+    section = (REPO / "README.md").read_text().split("### The image budget", 1)[1]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ") and "GiB" in line]
+    assert len(rows) == len(estimate["rows"]) == 3
+    for cells, row in zip(rows, estimate["rows"]):
+        cells = [c.strip() for c in cells]
+        assert (int(cells[0]), int(cells[1])) == (row["image_tokens"], row["max_pixels"])
+        assert cells[2:5] == [f"~{row[s]['with_slack']:.1f} GiB" for s in ("stage1", "stage2", "eval")]
+        assert cells[5] == f"~{row['stage1']['tokens_per_sequence']:,}"
+
+
+def test_bench_search(bench, tmp_path):
+    out = tmp_path / "search.json"
+    result = bench("bench_search").main(["--n", "3000", "--dims", "16,32", "--faiss-dims", "16", "--queries", "10",
+                                         "--clusters", "30", "--out", str(out)])
+    assert _read(out) == json.loads(json.dumps(result))
+    small, large = result["rows"]
+    assert (small["n"], small["dim"], large["dim"]) == (3000, 16, 32) and "hnsw_recall_at_k" not in large
+    assert 0 < small["exact_ms_per_query"] and 0 < small["hnsw_build_seconds"] and 0 < small["hnsw_ms_per_query"]
+    assert 0.5 <= small["hnsw_recall_at_k"] <= 1   # a graph over 3,000 points finds most of the exact top 5

@@ -65,3 +65,11 @@ def test_a_difference_in_words_says_whether_the_interval_leaves_zero_out():
 def test_a_missing_report_says_how_to_make_it(tmp_path):
     with pytest.raises(ComaliteError, match="run `comalite experiment --out"):
         load_report(tmp_path)
+
+
+def test_no_report_outside_a_checkout_and_an_evaluations_results_are_named(tmp_path):
+    with pytest.raises(ComaliteError, match="no committed experiment report outside a checkout"):
+        load_report(None)                                   # what committed_report() gives in an installed copy
+    (tmp_path / "results.json").write_text('{"models": [], "scores": {}}')
+    with pytest.raises(ComaliteError, match="is not an experiment report"):
+        load_report(tmp_path)

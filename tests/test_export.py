@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoTokenizer
 
+from cli_checks import cli
 from comalite.cli import main
 from comalite.config import load_config
 from comalite.embedding import EmbeddingModel
@@ -230,10 +231,7 @@ def test_export_command_refuses_with_one_line(case, stage2, tmp_path, capsys):
     (other / "notes.txt").write_text("keep me")
     args = ([str(tmp_path), "--out", str(tmp_path / "x")] if case == "not a result"
             else [str(stage2), "--out", str(other)])
-    with pytest.raises(SystemExit) as stop:
-        main(["export", *args])
-    assert stop.value.code == 2
-    err = capsys.readouterr().err
+    err = cli(capsys, "export", *args)[1]   # exit 2, no traceback
     assert err.startswith("comalite export: error: ") and "Traceback" not in err
     assert ("result.json not found" in err) if case == "not a result" else ("is not a comalite export" in err)
     assert (other / "notes.txt").read_text() == "keep me"

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import mmeb_standin as standin_layout
+from cli_checks import cli, refuse_model_loads
 from comalite.cli import main
 from comalite.config import load_config
 from comalite.data.io import read_eval_dataset, read_train_subset
@@ -160,11 +161,9 @@ def test_a_dataset_of_ones_own_needs_its_meta_task_then_joins_the_table(standin,
                                                                          monkeypatch):
     name = standin_layout.USER_DATASET[0]
     with monkeypatch.context() as patch:  # the error comes before any model loads
-        patch.setattr("comalite.pipeline.load_backbone", lambda *a, **k: pytest.fail("a model was loaded"))
-        with pytest.raises(SystemExit) as stop:
-            main(eval_base(standin, tmp_path, f"eval.datasets={name}"))
-    err = capsys.readouterr().err
-    assert stop.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        refuse_model_loads(patch)
+        err = cli(capsys, *eval_base(standin, tmp_path, f"eval.datasets={name}"))[1]   # exit 2, no traceback
+    assert len(err.strip().splitlines()) == 1
     assert err.startswith(f"comalite eval: error: unknown evaluation dataset '{name}'")
     assert f"--set eval.meta_tasks={name}=classification" in err
     assert f"{standin / 'MMEB-eval' / name}/dataset.json" in err

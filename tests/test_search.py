@@ -182,3 +182,16 @@ def test_the_search_picture_shows_each_query_and_its_hits(index, tmp_path):
         assert not grid[1, 4].axison                                                   # 3 hits: one panel empty
     finally:
         plt.close(fig)
+
+
+def test_an_indexed_image_is_not_embedded_again_and_a_copy_elsewhere_gives_its_row(model, index, tmp_path,
+                                                                                    monkeypatch):
+    path = index.paths[3]
+    copy = tmp_path / "copy.png"
+    shutil.copy(path, copy)
+    from_model = index.query_vector(copy)                     # not indexed: the model embeds it
+    np.testing.assert_allclose(from_model, index.embeddings[3], atol=1e-5, rtol=0)
+    monkeypatch.setattr(model, "encode", lambda *a, **k: pytest.fail("an indexed image was embedded again"))
+    assert np.array_equal(index.query_vector(Path(path)), index.embeddings[3])
+    with pytest.raises(pytest.fail.Exception, match="embedded again"):   # an instruction changes the input
+        index.query_vector(Path(path), instruction="<|image_1|> Find it.")

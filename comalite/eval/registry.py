@@ -68,24 +68,30 @@ def _ensure_shapesworld() -> None:
     _shapesworld_loaded = True
 
 
-def get_dataset_info(name: str) -> DatasetInfo:
-    """The registered ``DatasetInfo`` called ``name``; a ``KeyError`` names the closest matches."""
+def _registered(name: str) -> DatasetInfo | None:
+    """The registered entry called ``name`` (ShapesWorld's registered first if needed), or None."""
     if name not in REGISTRY:
         _ensure_shapesworld()
-    if name in REGISTRY:
-        return REGISTRY[name]
-    close = _close_names(name)
-    hint = close if close != "none" else "none; see comalite.eval.registry.REGISTRY"
+    return REGISTRY.get(name)
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    """The registered ``DatasetInfo`` called ``name``; a ``KeyError`` names the closest matches."""
+    info = _registered(name)
+    if info is not None:
+        return info
+    hint = _close_names(name) or "none; see comalite.eval.registry.REGISTRY"
     raise UnknownDatasetError(f"unknown evaluation dataset {name!r}; close names: {hint}. A dataset of your own "
                               "needs its meta-task: --set eval.meta_tasks=<name>=classification, or a dataset.json "
                               "beside its data (data/README.md)")
 
 
 def _close_names(name: str) -> str:
+    """Registered names close to ``name``, comma-separated ("" if none)."""
     # Near misses are common (ImageNet_1K is the train name of ImageNet-1K; case; '-' vs '_').
     by_lower = {n.lower().replace("_", "-"): n for n in REGISTRY}
     close = difflib.get_close_matches(name.lower().replace("_", "-"), list(by_lower), n=5, cutoff=0.6)
-    return ", ".join(by_lower[c] for c in close) if close else "none"
+    return ", ".join(by_lower[c] for c in close)
 
 
 def _holds(items: list[EmbedInput]) -> str:
@@ -133,13 +139,12 @@ def dataset_info(data: EvalDataset, meta_tasks: Mapping[str, str] | None = None)
     ``eval.meta_tasks``) or from ``dataset.json`` in its folder (``data.source``), the setting winning.
     Anything else raises ``UnknownDatasetError`` saying how to describe it."""
     name, meta_tasks = data.name, meta_tasks or {}
-    if name not in REGISTRY:
-        _ensure_shapesworld()
-    if name in REGISTRY:
+    info = _registered(name)
+    if info is not None:
         if name in meta_tasks:
             raise ConfigError(f"eval.meta_tasks.{name}: {name} is a registered dataset "
-                              f"({REGISTRY[name].meta_task}); the setting is for datasets of your own: drop it")
-        return REGISTRY[name]
+                              f"({info.meta_task}); the setting is for datasets of your own: drop it")
+        return info
     file = data.source / USER_FILE if data.source is not None else None
     has_file = file is not None and file.is_file()
     fields = _user_file(file) if has_file else {}
@@ -150,7 +155,7 @@ def dataset_info(data: EvalDataset, meta_tasks: Mapping[str, str] | None = None)
     close = _close_names(name)
     raise UnknownDatasetError(
         f"unknown evaluation dataset {name!r}: not an MMEB or ShapesWorld name"
-        + (f" (close names: {close})" if close != "none" else "") + ". To evaluate a dataset of your own, give "
+        + (f" (close names: {close})" if close else "") + ". To evaluate a dataset of your own, give "
         f"its meta-task ({', '.join(META_TASKS)}): --set eval.meta_tasks={name}=classification, or a file "
         f'{data.source or name}/{USER_FILE} holding {{"meta_task": "classification"}}')
 

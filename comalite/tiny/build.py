@@ -231,7 +231,7 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Pat
     train, heldout = dialogues[:-n_heldout], dialogues[-n_heldout:]
     stage0 = train + stage0_dialogues(work / "stage0_images", tc.stage0_scenes, tc.seed, tc.image_size,
                                       tc.stage0_turns)
-    if tc.split_turns:  # (``train`` stays whole: the blind baseline counts turns either way)
+    if tc.split_turns:  # stage 0 only: the report splits the held-out dialogues itself
         stage0 = [Dialogue(turns=(turn,), image=d.image, text=d.text) for d in stage0 for turn in d.turns]
     clock = time.perf_counter()
     history = train_lm(backbone, stage0, tc.stage0, work / "stage0", compression_mask=False, supervise=tc.supervise,
