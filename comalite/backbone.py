@@ -141,10 +141,15 @@ def lora_config(cfg: ModelConfig) -> LoraConfig:
                       use_dora=cfg.use_dora, target_modules=rf".*language_model.*\.({targets})", bias="none")
 
 
-def _keep_4bit_trainable_on_cpu(model: nn.Module) -> None:
-    """bitsandbytes repacks 4-bit weights for a faster CPU kernel the first time a layer runs in eval mode,
-    and a layer with a bias then fails in training mode (an in-place add on a leaf). Stages evaluate
-    between training steps, so comalite keeps the trainable layout."""
+def keep_4bit_in_fp32(model: nn.Module) -> None:
+    """Pin bitsandbytes' 4-bit layers to one CPU path: dequantise, then multiply in the compute dtype.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight the first time its layer runs in eval mode
+    without gradients and from then on multiplies in bf16 (its ``gemv_4bit`` kernel casts the input and
+    rounds the output to bf16): embeddings then move by ~1e-3 and depend on the CPU and on what shares the
+    batch, and a repacked layer with a bias fails in training mode (an in-place add on a leaf). Elsewhere
+    it never repacks. Keeping every CPU on the dequantise path gives the same numbers everywhere, in
+    training and in evaluation (``tests/test_embedding.py`` pins it; the export's snippet does the same)."""
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
@@ -321,7 +326,7 @@ def load_backbone(cfg: ModelConfig, *, adapters: list[tuple[str, str | Path]] = 
         raise ValueError(f"model.quantization must be 'nf4' or 'none', not {cfg.quantization!r}")
     hf = model_class.from_pretrained(str(checkpoint), **kwargs)
     if cfg.quantization == "nf4":
-        _keep_4bit_trainable_on_cpu(hf)
+        keep_4bit_in_fp32(hf)
     if max(processor.compress_ids, default=0) >= hf.get_input_embeddings().num_embeddings:
         hf.resize_token_embeddings(len(processor.tokenizer))
     hf.requires_grad_(False)

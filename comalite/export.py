@@ -52,7 +52,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = {dtype}
 {nf4}vlm = {model_class}.from_pretrained(BASE, dtype=DTYPE, device_map=DEVICE{quantization})
 vlm = PeftModel.from_pretrained(vlm, EXPORT).get_base_model().eval()  # the adapter and the K rows, put in place
-tokenizer = AutoTokenizer.from_pretrained(EXPORT, padding_side="left")
+{fp32_4bit}tokenizer = AutoTokenizer.from_pretrained(EXPORT, padding_side="left")
 pixels = AutoImageProcessor.from_pretrained(EXPORT, backend="pil")  # the PIL resizing of training
 K = {k}  # compression tokens: they end every input; {pooling_comment}
 COMPRESS = "".join(f"<|cmp_{{i}}|>" for i in range(K))
@@ -93,6 +93,11 @@ DTYPES = {"auto": 'torch.bfloat16 if DEVICE == "cuda" and torch.cuda.is_bf16_sup
 NF4 = ('nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,\n'
        '                         bnb_4bit_compute_dtype=DTYPE, llm_int8_skip_modules=["model.visual", "lm_head"])\n')
 """The nf4 setting ``comalite.backbone`` loads the base with: the same 4-bit weights give the same numbers."""
+
+FP32_4BIT = ('for layer in vlm.modules():  # bitsandbytes\' bf16 CPU kernel (AVX512-BF16 CPUs) rounds: keep fp32, as trained\n'
+             '    if hasattr(layer, "support_avx512bf16_for_cpu"):\n'
+             '        layer.support_avx512bf16_for_cpu = False\n')
+"""What ``comalite.backbone.keep_4bit_in_fp32`` does, for the snippet: the same numbers on every CPU."""
 
 CARD = """\
 # {name}: a comalite embedding model
@@ -170,7 +175,8 @@ def usage_snippet(export: str, base: str, *, model_class: str, k: int, pooling: 
     nf4 = quantization == "nf4"
     return SNIPPET.format(
         export=json.dumps(export), base=json.dumps(base), model_class=model_class, k=k, dtype=DTYPES[dtype],
-        nf4=NF4 if nf4 else "", quantization=", quantization_config=nf4" if nf4 else "", pooled=POOLED[pooling][0],
+        nf4=NF4 if nf4 else "", fp32_4bit=FP32_4BIT if nf4 else "", pooled=POOLED[pooling][0],
+        quantization=", quantization_config=nf4" if nf4 else "",
         pooling_comment=POOLED[pooling][1], placeholder=IMAGE_PLACEHOLDER, image_text=repr(IMAGE_INSTRUCTION),
         vision_start=VISION_START, image_pad=IMAGE_PAD, vision_end=VISION_END)
 
