@@ -6,18 +6,34 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from .errors import ComaliteError
+
+
+class WriteError(ComaliteError, OSError):
+    """A file that could not be written (disk full, no permission). An ``OSError`` too, so callers that can
+    do without the file (a cache) still catch it as one."""
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a hidden temporary sibling of ``path``, then rename it onto ``path``.
 
-    The temporary name starts with a dot so that folder globs (``test*.parquet``) never pick it up.
+    The temporary name starts with a dot so that folder globs (``test*.parquet``) never pick it up. A write that
+    fails (a full disk: ``OSError``, or torch's ``RuntimeError`` from ``torch.save``) raises ``WriteError`` naming
+    ``path``; the temporary file is removed and an earlier ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
+    except ComaliteError:
+        raise
+    except (OSError, RuntimeError) as err:
+        why = " ".join(str(getattr(err, "strerror", None) or err or type(err).__name__).split())
+        kept = "the earlier file is kept as it was" if path.exists() else "nothing was written"
+        raise WriteError(f"{path}: could not be written ({why[:300]}): disk full? Free some space (or write "
+                         f"elsewhere) and run the same command again; {kept}") from err
     finally:
         tmp.unlink(missing_ok=True)
 

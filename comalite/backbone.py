@@ -32,9 +32,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .compression import CompressionTokens
 from .config import ModelConfig
 from .data.images import load_image
-from .errors import CheckpointError
+from .errors import CheckpointError, ChecksumError
 from .mask import additive_mask
-from .paths import data_dir
+from .paths import data_dir, repo_dir
 from .processor import VLProcessor
 from .vision_cache import shared_cache
 from .fingerprint import files_fingerprint
@@ -79,7 +79,7 @@ def resolve_checkpoint(backbone: str) -> Path | str:
         if not (folder / "config.json").exists():
             raise CheckpointError(f"the {backbone} checkpoint is not in {folder}: build it with "
                                   f"`comalite build-tiny{' --smoke' if backbone == 'tiny-smoke' else ''}`")
-        verify_checksums(folder)
+        verify_checksums(folder, required=True)
         return folder
     path = Path(backbone).expanduser()
     if path.exists():
@@ -92,18 +92,51 @@ def resolve_checkpoint(backbone: str) -> Path | str:
     return backbone
 
 
-def verify_checksums(folder: Path) -> None:
-    """Check the files listed in ``folder/CHECKSUMS`` (``<sha256>  <name>`` lines, as ``sha256sum`` writes
-    them), when the folder has one: a shipped checkpoint must be the one its report describes."""
+def verify_checksums(folder: Path, *, required: bool = False) -> None:
+    """Check every file listed in ``folder/CHECKSUMS`` (``<sha256>  <name>`` lines, as ``sha256sum`` writes
+    them; blank lines are skipped): a shipped checkpoint must be the one its report describes.
+
+    A file that is missing or whose sha256 differs, a malformed line, or (``required``: the named ``tiny`` /
+    ``tiny-smoke`` checkpoints) a missing listing raise ``ChecksumError``, one line naming the file and how
+    to restore it. Never a rebuild: the files may be tracked ones, and a rebuild would hide the damage.
+    """
+    folder = Path(folder)
     listing = folder / CHECKSUMS
+    shipped = repo_dir() is not None and folder.resolve().parent == (repo_dir() / "data").resolve()
+    smoke = " --smoke" if folder.name.endswith("-smoke") else ""
+    fix = (f"restore it with `git checkout data/{folder.name}`" if shipped else
+           f"rebuild the checkpoint with `comalite build-tiny{smoke}` ({'a minute' if smoke else 'an hour on a CPU'})"
+           f", or copy data/{folder.name} from a comalite checkout")
     if not listing.exists():
+        if required:
+            raise ChecksumError(f"{listing} is missing, so the weights in {folder} cannot be verified: {fix}")
         return
-    for line in listing.read_text().splitlines():
-        expected, name = line.split(maxsplit=1)
-        path = folder / name.strip()
-        if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != expected:
-            raise CheckpointError(f"{path} is missing or differs from its checksum in {listing}: restore it "
-                                  "(git checkout data/) or rebuild it (comalite build-tiny)")
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ChecksumError(f"{listing}: cannot read it ({err}): {fix}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        expected = parts[0].lower()
+        name = parts[1].strip().lstrip("*") if len(parts) == 2 else ""  # sha256sum marks binary mode with '*'
+        if (len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected) or not name
+                or Path(name).is_absolute() or ".." in Path(name).parts):
+            raise ChecksumError(f"{listing}, line {number}: expected '<64 hex digits>  <file name>', got "
+                                f"{line[:80]!r}: {fix}")
+        path = folder / name
+        if not path.is_file():
+            raise ChecksumError(f"{path} is missing (listed in {listing}): {fix}")
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(2**20), b""):
+                digest.update(block)
+        if digest.hexdigest() != expected:
+            raise ChecksumError(f"{path} is corrupt or was changed: its sha256 is {digest.hexdigest()}, {listing} "
+                                f"expects {expected}: {fix}")
+    if required and not any(line.strip() for line in lines):
+        raise ChecksumError(f"{listing} lists no files, so the weights in {folder} cannot be verified: {fix}")
 
 
 def checkpoint_fingerprint(backbone: str) -> str:

@@ -3,7 +3,7 @@
     comalite demo       [--preset P] [--overwrite]   # both stages, the baseline and the table (tiny: minutes)
     comalite stage1     [--preset P] [--set section.field=value ...] [--overwrite]
     comalite stage2     [--preset P] [--set stage2.init=backbone]   # contrastive-only baseline
-    comalite eval       [--preset P] [--models base,stage1,stage2,...]
+    comalite eval       [--preset P] [--models base,stage1,stage2,...] [--overwrite]
     comalite data       [--preset P]                 # build ShapesWorld (tiny) or check data.root
     comalite check-data DIR [--images DIR]           # report on a local MMEB-train or MMEB-eval folder
     comalite build-tiny [--smoke]                    # rebuild the tiny VLM in data/
@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def cmd_eval(args) -> None:
 
     cfg = _config(args)
     _writable_folder(cfg.run_dir() / "eval")
-    results = _pipeline().evaluate_models(cfg, [m for m in args.models.split(",") if m])
+    results = _pipeline().evaluate_models(cfg, _names(args.models, "--models"), overwrite=args.overwrite)
     print(format_table(results))
     print(f"saved {cfg.run_dir() / 'eval' / 'results.json'} and results.md")
 
@@ -135,13 +136,40 @@ def cmd_export(args) -> None:
     print(f"exported {args.result} to {out}: loads with transformers + peft, no comalite (see {out / 'README.md'})")
 
 
+def _names(text: str, option: str) -> list[str]:
+    """A comma-separated option as its names: at least one, each once; else ComaliteError naming the option."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ComaliteError(f"{option} {text!r}: give at least one name, comma-separated")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ComaliteError(f"{option} {text!r} names {', '.join(twice)} more than once: give each once")
+    return names
+
+
+def _ints(text: str, option: str, *, low: int, empty: bool = True, once: bool = False) -> list[int]:
+    """A comma-separated option of whole numbers >= ``low``; ComaliteError naming the option otherwise."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items and not empty:
+        raise ComaliteError(f"{option} {text!r}: give at least one whole number, comma-separated (e.g. 0,1,2)")
+    bad = [x for x in items if not x.lstrip("-").isdigit() or int(x) < low]
+    if bad:
+        raise ComaliteError(f"{option} {text!r}: {bad[0]!r} is not a whole number >= {low}; give comma-separated "
+                            "whole numbers (e.g. 0,1,2)")
+    numbers = [int(x) for x in items]
+    if once and len(set(numbers)) < len(numbers):  # a seed run twice would count twice in the statistics
+        raise ComaliteError(f"{option} {text!r} repeats a number: give each once")
+    return numbers
+
+
 def cmd_experiment(args) -> None:
     from .experiment import run_experiment
 
-    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    seeds = _ints(args.seeds, "--seeds", low=0, empty=False, once=True)
+    budgets = _ints(args.budgets, "--budgets", low=1)
     out = args.out or _config(args).run_dir() / "report"
-    run_experiment(args.preset, tuple(args.set), Path(out), parts=tuple(args.parts.split(",")), seeds=ints(args.seeds),
-                   budgets=ints(args.budgets))
+    run_experiment(args.preset, tuple(args.set), Path(out), parts=tuple(args.parts.split(",")), seeds=seeds,
+                   budgets=budgets, overwrite=args.overwrite)
     print((Path(out) / "results.md").read_text())
 
 
@@ -152,9 +180,12 @@ def cmd_stage1_data(args) -> None:
     _writable_folder(Path(args.out).absolute().parent)
     cfg = _config(args)
     r = build_stage1_data(cfg, images=args.images, out=args.out, generator=args.generator, limit=args.limit,
-                          questions=args.question or None)
+                          questions=args.question or None, retry_skipped=args.retry_skipped)
     print(f"{args.out}: {r.dialogues} dialogues, {r.new} new ({r.skipped} images skipped); {r.answers_cut} of "
           f"{r.answers} new answers cut at writer.max_answer_tokens={cfg.writer.max_answer_tokens}")
+    if r.unreadable or r.not_retried:
+        print(f"{r.unreadable} unreadable images skipped now, {r.not_retried} listed earlier not retried: see "
+              f"{r.skipped_file} (--retry-skipped tries them again; --set writer.strict=true stops at one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="the smoke-mode copy (short training, for tests)")
     add("stage1", cmd_stage, "compression pre-training", overwrite=True)
     add("stage2", cmd_stage, "contrastive tuning (stage 1 first if missing)", overwrite=True)
-    add("eval", cmd_eval, "MMEB-protocol evaluation").add_argument(
+    add("eval", cmd_eval, "MMEB-protocol evaluation (merged with the other models' results in its folder)",
+        overwrite=True).add_argument(
         "--models", default="base,stage1,contrastive_only,stage2",
         help="comma-separated: base, stage1, stage2, contrastive_only, or result folders")
     add("demo", cmd_demo, "the whole recipe on the preset (default: tiny)", overwrite=True)
@@ -193,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("result", help="a stage-1 or stage-2 result folder (holds result.json)")
     p.add_argument("--out", required=True, help="folder to write (replaces an earlier export there)")
     p.add_argument("--base", default="", help="the base checkpoint the export names (default: the one trained on)")
-    p = add("experiment", cmd_experiment, "does compression help? arms x budgets x seeds, with a report")
+    p = add("experiment", cmd_experiment, "does compression help? arms x budgets x seeds, with a report",
+            overwrite=True)
     p.add_argument("--parts", default="budget,transfer,ablations,compute",
                    help="comma-separated: budget, transfer, ablations, compute")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
@@ -210,7 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(data.seed; 0 = all)")
     p.add_argument("--question", action="append", default=[],
                    help="a question to answer about every image (repeatable; default: the generator writes them)")
+    p.add_argument("--retry-skipped", action="store_true", help="try again the images an earlier run could not "
+                   "read (listed in <out>.skipped; default: leave them out)")
     return parser
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt(signum)  # SIGTERM stops a run as Ctrl-C does: checkpoints kept, one message
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -228,16 +267,24 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("httpx", "urllib3", "transformers", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        previous = signal.signal(signal.SIGTERM, _sigterm)
+        installed = True
+    except ValueError:  # not the main thread: signals cannot be caught there
+        installed = False
+    try:
         args.func(args)
     except ComaliteError as err:
         if args.debug or os.environ.get("COMALITE_DEBUG"):
             raise
         print(f"comalite {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print(f"\ncomalite {args.command}: interrupted; the same command resumes from the last checkpoint",
               file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + signal.SIGTERM if interrupt.args == (signal.SIGTERM,) else 130)
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

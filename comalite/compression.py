@@ -10,8 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .errors import CorruptFileError
 
 FILENAME = "compression.safetensors"
 
@@ -65,5 +68,9 @@ class CompressionTokens(nn.Module):
         path = Path(folder) / FILENAME
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: is {folder} a comalite stage-1/2 result folder?")
-        data = load_file(str(path))
-        return cls(data["token_ids"].tolist(), data["rows"])
+        try:
+            data = load_file(str(path))
+            return cls(data["token_ids"].tolist(), data["rows"])
+        except (SafetensorError, KeyError, ValueError) as err:  # truncated, not safetensors, or other tensors
+            raise CorruptFileError(f"{path}: cannot read the compression rows ({err}): the file is truncated or "
+                                   f"corrupt. Delete {Path(folder)} and run the stage that wrote it again") from None

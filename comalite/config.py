@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,6 +26,18 @@ import yaml
 from .errors import ConfigError
 from .paths import data_dir, home_dir
 from .records import META_TASKS
+
+
+LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""The language model's linear layers LoRA can adapt (``model.lora_targets``; ``comalite.backbone.lora_config``)."""
+MAX_COMPRESS = 1024
+"""Most compression tokens ``model.n_compress`` may ask for: the paper tries up to 64, and every one lengthens
+every sequence (the attention mask grows as the square of the length)."""
+MAX_SEQUENCE_LENGTH = 32768
+"""Largest ``stage1.max_length`` / ``model.embed_max_length``: Qwen2-VL's context; one sequence's (L x L)
+attention mask alone is 1 GiB there."""
+TOKEN_PIXELS = 28 * 28
+"""Pixels per LLM image token (a merged 2x2 group of 14-pixel patches)."""
 
 
 @dataclass
@@ -45,6 +58,10 @@ class ModelConfig:
     max_pixels: int = 28 * 28 * 256   # caps LLM tokens per image (one per 28x28 pixels)
     min_pixels: int = 28 * 28 * 4
     vision_cache_mb: int = 0          # keep the frozen ViT's tokens per image in memory (comalite.vision_cache)
+    embed_max_length: int = 4096      # tokens of one embedding input (query or candidate; its image span and the K
+                                      # compression tokens included), in stage 2 and in evaluation alike
+    embed_too_long: str = "refuse"    # an input over embed_max_length: "refuse" (names its file and row) or
+                                      # "truncate" (cuts its text, keeps the image and the K tokens; counted in the log)
 
 
 @dataclass
@@ -92,6 +109,9 @@ class Stage1Config:
     text_prompt: str = "Summarize above sentence in a few words."
     max_dialogues: int = 0            # 0 = all
     heldout: int = 200                # last dialogues kept out to measure answers through the tokens
+    max_length: int = 8192            # tokens of one stage-1 sequence (image span, prompt, K, every turn): the paper's
+    too_long: str = "refuse"          # a dialogue over max_length: "refuse" (names its file and line) or "truncate"
+                                      # (keeps the first turns that fit; counted in the log)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-5, batch_size=8))
 
 
@@ -107,6 +127,7 @@ class WriterConfig:
     max_answer_tokens: int = 64       # new tokens per answer; answers cut there are counted in the log
     max_pixels: int = 0               # the writer's view of an image; 0 = model.max_pixels
     min_pixels: int = 0               # 0 = model.min_pixels
+    strict: bool = False              # an unreadable image stops stage1-data (true) or is skipped and listed in <out>.skipped
     question_prompt: str = ("Write {n} different questions about this image whose answers, taken together, would "
                             "single it out among many similar images: ask about the main objects, their "
                             "attributes, counts, positions, any text, and the setting. One question per line, "
@@ -194,6 +215,8 @@ class Config:
             ("stage1.supervise", self.stage1.supervise, ("answers", "all")),
             ("stage2.init", self.stage2.init, ("stage1", "backbone")),
             ("stage2.pooling", self.stage2.pooling, ("mean", "last")),
+            ("stage1.too_long", self.stage1.too_long, ("refuse", "truncate")),
+            ("model.embed_too_long", self.model.embed_too_long, ("refuse", "truncate")),
         ):
             if value not in choices:
                 raise ConfigError(f"{where}={value!r}: choose one of {', '.join(choices)}")
@@ -203,6 +226,7 @@ class Config:
                 raise ConfigError(f"{where}={value}: must be at least 1")
         if self.stage2.temperature <= 0:
             raise ConfigError(f"stage2.temperature={self.stage2.temperature}: must be > 0")
+        self._validate_sizes()
         caps = {"stage2.per_subset_cap": self.stage2.per_subset_cap,
                 **{f"stage2.subset_caps.{name}": cap for name, cap in self.stage2.subset_caps.items()}}
         for where, cap in caps.items():
@@ -218,6 +242,11 @@ class Config:
                     raise ConfigError(f"{stage}.train.{name}={getattr(train, name)}: must be at least 1")
             if train.lr <= 0:
                 raise ConfigError(f"{stage}.train.lr={train.lr}: must be > 0")
+            for name, low, high in (("warmup_ratio", 0, 1), ("weight_decay", 0, math.inf),
+                                    ("max_grad_norm", 0, math.inf), ("divergence_factor", 0, math.inf)):
+                if not low <= getattr(train, name) <= high:
+                    bound = f"between {low} and {high}" if high < math.inf else f"at least {low}"
+                    raise ConfigError(f"{stage}.train.{name}={getattr(train, name)}: must be {bound}")
         s1 = self.stage1.train
         if s1.batch_size % s1.grad_accum:
             raise ConfigError(f"stage1.train.batch_size={s1.batch_size} is not divisible by "
@@ -226,6 +255,76 @@ class Config:
         if sub and (sub > batch or batch % sub):
             raise ConfigError(f"stage2.sub_batch_size={sub} must divide stage2.train.batch_size={batch} (0: mixed)")
         return self
+
+
+    def _validate_sizes(self) -> None:
+        """Numbers that are not finite, sizes below their floor, and the memory-relevant sizes against sane
+        limits (``MAX_COMPRESS``, ``MAX_SEQUENCE_LENGTH``): every one is answered here, before any model loads."""
+        for where, value in _floats(self):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}={value}: must be a finite number")
+        m, d = self.model, self.data
+        if m.n_compress > MAX_COMPRESS:
+            raise ConfigError(f"model.n_compress={m.n_compress}: at most {MAX_COMPRESS} (the paper uses 1-64). Every "
+                              "compression token lengthens every sequence, and the attention mask grows as the square "
+                              "of the length")
+        for where, value in (("model.lora_r", m.lora_r), ("data.n_stage1_images", d.n_stage1_images),
+                             ("data.n_train_per_subset", d.n_train_per_subset),
+                             ("data.n_eval_queries", d.n_eval_queries)):
+            if value < 1:
+                raise ConfigError(f"{where}={value}: must be at least 1")
+        for where, value in (("model.cpu_threads", m.cpu_threads), ("model.vision_cache_mb", m.vision_cache_mb),
+                             ("stage1.max_dialogues", self.stage1.max_dialogues),
+                             ("eval.max_queries", self.eval.max_queries)):
+            if value < 0:
+                raise ConfigError(f"{where}={value}: must be at least 0 (0 = no limit)" if "max_" in where
+                                  else f"{where}={value}: must be at least 0")
+        if m.lora_alpha <= 0 or not 0 <= m.lora_dropout < 1:
+            raise ConfigError(f"model.lora_alpha={m.lora_alpha}, model.lora_dropout={m.lora_dropout}: give "
+                              "lora_alpha > 0 and 0 <= lora_dropout < 1")
+        unknown = [t for t in m.lora_targets if t not in LM_PROJECTIONS]
+        if unknown or not m.lora_targets:
+            close = difflib.get_close_matches(unknown[0], LM_PROJECTIONS, n=1, cutoff=0.8) if unknown else []
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"model.lora_targets={','.join(m.lora_targets)!r}: "
+                              + (f"{unknown[0]!r} is not a projection of the language model{hint}"
+                                 if unknown else "name at least one projection")
+                              + f"; choose from {', '.join(LM_PROJECTIONS)}")
+        if d.image_size < 28 or d.image_size % 28:
+            raise ConfigError(f"data.image_size={d.image_size}: ShapesWorld renders images whose side is a positive "
+                              "multiple of 28 (Qwen2-VL's merged patch), e.g. 112")
+        if d.n_candidates < 2:
+            raise ConfigError(f"data.n_candidates={d.n_candidates}: must be at least 2 (the ground truth and one "
+                              "other; with one candidate every query scores Precision@1 = 1)")
+        if d.n_eval_queries < d.n_candidates:
+            raise ConfigError(f"data.n_eval_queries={d.n_eval_queries} must be at least data.n_candidates="
+                              f"{d.n_candidates}: retrieval candidates come from the other queries")
+        for where, names in (("eval.datasets", self.eval.datasets), ("stage2.subsets", self.stage2.subsets)):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ConfigError(f"{where} names {', '.join(repr(n) for n in twice)} more than once: give each "
+                                  "name once")
+        image_tokens = m.max_pixels // TOKEN_PIXELS + 2  # the vision span: its tokens, <|vision_start|>, <|vision_end|>
+        for where, length in (("stage1.max_length", self.stage1.max_length),
+                              ("model.embed_max_length", m.embed_max_length)):
+            if not 1 <= length <= MAX_SEQUENCE_LENGTH:
+                raise ConfigError(f"{where}={length}: must be between 1 and {MAX_SEQUENCE_LENGTH:,} tokens (Qwen2-VL's "
+                                  "context; the attention mask of one sequence grows as the square of its length)")
+            if image_tokens + m.n_compress > length:
+                raise ConfigError(f"{where}={length}: an image at model.max_pixels={m.max_pixels} takes up to "
+                                  f"{image_tokens} tokens and model.n_compress={m.n_compress} more, so no input "
+                                  f"with an image would fit: raise {where} or lower model.max_pixels / "
+                                  "model.n_compress")
+
+
+def _floats(obj, section: str = ""):
+    """``(setting, value)`` of every float setting under ``obj``."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _floats(value, f"{section}{f.name}.")
+        elif isinstance(value, float):
+            yield f"{section}{f.name}", value
 
 
 def _update(obj, values: dict, source: str, section: str = "") -> None:
@@ -321,8 +420,11 @@ def _read_preset(preset: str, seen: tuple[str, ...] = ()) -> list[tuple[str, dic
         raise ConfigError(f"presets based on each other in a circle: {' -> '.join((*seen, preset))}")
     try:
         values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{label} is not valid YAML: {err}") from None
+    except yaml.YAMLError as err:  # one line: where and what, not the parser's excerpt of the file
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ConfigError(f"{label}{where}: not valid YAML ({problem}). Fix the file there") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{label} must be a mapping of sections")
     base = values.pop("base", None)

@@ -48,9 +48,17 @@ def pool(hidden: torch.Tensor, roles: torch.Tensor, pooling: str = "mean") -> to
     return F.normalize(pooled.float(), dim=-1)
 
 
+def _examples(backbone: Backbone, inputs: list[EmbedInput]) -> list:
+    """``embed_example`` of each input, bounded by the backbone's ``model.embed_max_length`` (and
+    ``model.embed_too_long``): an over-long input is refused, naming it, before it reaches the model."""
+    cfg = backbone.config
+    limit, too_long = getattr(cfg, "embed_max_length", 0), getattr(cfg, "embed_too_long", "refuse")
+    return [embed_example(backbone.processor, item, max_length=limit, too_long=too_long) for item in inputs]
+
+
 def encode(backbone: Backbone, inputs: list[EmbedInput], pooling: str = "mean") -> torch.Tensor:
     """Embeddings (n, H) of ``inputs`` in one padded batch, with grad if grad is enabled (training)."""
-    examples = [embed_example(backbone.processor, item) for item in inputs]
+    examples = _examples(backbone, inputs)
     batch = collate(examples, backbone.processor.tokenizer.pad_token_id, pad_side="left")
     return pool(backbone.hidden_states(batch), batch["roles"], pooling)
 
@@ -59,7 +67,7 @@ def encode(backbone: Backbone, inputs: list[EmbedInput], pooling: str = "mean") 
 def compression_states(backbone: Backbone, inputs: list[EmbedInput]) -> torch.Tensor:
     """Last-layer hidden states at the K compression positions, (n, K, H), neither pooled nor normalised:
     what ``pool`` averages."""
-    examples = [embed_example(backbone.processor, item) for item in inputs]
+    examples = _examples(backbone, inputs)
     batch = collate(examples, backbone.processor.tokenizer.pad_token_id, pad_side="left")
     hidden = backbone.hidden_states(batch)
     is_compress = (batch["roles"] == COMPRESS).to(hidden.device)
@@ -76,6 +84,8 @@ def model_fingerprint(backbone: Backbone, pooling: str) -> str:
     weights = {n: p for n, p in backbone.hf.named_parameters() if "lora_" in n}
     weights["compression.rows"] = backbone.compression.rows
     settings = {k: getattr(backbone.config, k) for k in EMBEDDING_SETTINGS}
+    if getattr(backbone.config, "embed_too_long", "refuse") == "truncate":  # cut inputs embed differently
+        settings["embed_truncated_at"] = backbone.config.embed_max_length
     return digest([checkpoint_fingerprint(backbone.config.backbone), tensors_fingerprint(weights), pooling, settings])
 
 
@@ -219,5 +229,8 @@ class EmbeddingModel:
         """
         if isinstance(items, (str, os.PathLike, Image.Image, EmbedInput, dict, tuple)):
             raise InputError(f"encode takes a list of items, not one {type(items).__name__}: encode([item])")
+        if items is None or isinstance(items, (bytes, np.ndarray)) or not hasattr(items, "__iter__"):
+            raise InputError(f"encode takes a list of items (texts, images, (text, image) pairs), not "
+                             f"{'None' if items is None else type(items).__name__}: encode([item, ...])")
         inputs = [_checked(as_embed_input(item, i, instruction), i) for i, item in enumerate(items)]
         return self.embed(inputs, progress=show_progress, batch_size=batch_size)

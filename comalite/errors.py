@@ -46,3 +46,13 @@ class InputError(ComaliteError, ValueError):
 
 class SearchIndexError(ComaliteError):
     """A saved image index that cannot be used as asked: not an index file, or made by another model."""
+
+
+class CorruptFileError(ComaliteError):
+    """A weight, checkpoint or record file that is truncated, unreadable, or differs from the sha256 recorded
+    when it was written; the message names the file and how to restore or redo it."""
+
+
+class ChecksumError(CheckpointError, CorruptFileError):
+    """A shipped/built backbone checkpoint whose files differ from its ``CHECKSUMS`` listing (or whose listing
+    is missing or malformed): an error, never a rebuild over it."""

@@ -29,11 +29,12 @@ from scipy import stats
 
 from .atomic import atomic_write_json, atomic_write_text
 from .config import Config, load_config
-from .errors import ComaliteError
+from .errors import ComaliteError, ConfigError, RunConflictError
 from .eval import get_dataset_info
 from .paths import repo_dir
 from .pipeline import ensure_stage, evaluate_models, stage_config
 from .result import read_result
+from .runs import differences, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ TRANSFER_SUBSETS = ("SW-Count", "SW-Object", "SW-VQA")
 
 GROUPS = ("classification", "vqa", "retrieval", "grounding", "IND", "OOD", "overall")
 REPORT_FILE = "results.json"
+PARTS = ("budget", "transfer", "ablations", "compute")
+"""The parts of the experiment ``run_experiment`` (``comalite experiment --parts``) knows."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,10 +256,51 @@ def grid(parts: tuple[str, ...], seeds: list[int], budgets: list[int], full: int
     return list(dict.fromkeys(cells))
 
 
+def report_settings(preset: str, overrides, parts, seeds, budgets) -> dict:
+    """The settings a report records in its ``meta`` and is compared by (``check_report_folder``)."""
+    return {"preset": preset, "overrides": list(overrides), "parts": list(parts), "seeds": list(seeds),
+            "budgets": list(budgets)}
+
+
+def check_report_folder(out: Path, settings: dict, *, overwrite: bool = False) -> None:
+    """Refuse (``RunConflictError``) to write a report into ``out`` when it holds one made with other settings
+    (or something else called ``results.json``), unless ``overwrite``. The same settings rewrite it (the runs
+    are reused, so the report is the same one, brought up to date)."""
+    path = out / REPORT_FILE
+    if overwrite or not path.exists():
+        return
+    try:
+        meta = json.loads(path.read_text())["meta"]
+        old = {k: meta[k] for k in settings}
+    except (ValueError, KeyError, TypeError) as err:
+        raise RunConflictError(f"{path} is not a report of `comalite experiment` ({type(err).__name__}: {err}): "
+                               "give another --out, or pass --overwrite to replace it") from None
+    changed = differences(old, settings)
+    if changed:
+        raise RunConflictError(f"{out} holds a report made with other settings:\n  " + "\n  ".join(changed)
+                               + "\nEither give another --out, or pass --overwrite to replace that report.")
+
+
 def run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts: tuple[str, ...],
-                   seeds: list[int], budgets: list[int]) -> dict:
+                   seeds: list[int], budgets: list[int], overwrite: bool = False) -> dict:
     """Run (or reuse) every cell, then write ``results.json``, ``results.md`` and ``budget_curve.png`` into
-    ``out``. Runs live under the base config's run folder, so a rerun only does what is missing."""
+    ``out``. Runs live under the base config's run folder, so a rerun only does what is missing.
+
+    Before any work: unknown ``parts`` are a ConfigError; a report in ``out`` made with other settings is
+    refused unless ``overwrite``; ``out`` is locked until the report is written (a second experiment into it
+    is refused at once)."""
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise ConfigError(f"--parts {','.join(parts)}: unknown part {', '.join(map(repr, unknown))}; choose from "
+                          f"{', '.join(PARTS)}" if unknown else f"--parts: name at least one of {', '.join(PARTS)}")
+    out = Path(out)
+    with run_lock(out):
+        check_report_folder(out, report_settings(preset, overrides, parts, seeds, budgets), overwrite=overwrite)
+        return _run_experiment(preset, overrides, out, parts=parts, seeds=seeds, budgets=budgets)
+
+
+def _run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts: tuple[str, ...],
+                    seeds: list[int], budgets: list[int]) -> dict:
     base = load_config(preset, list(overrides))
     full = base.stage2.train.steps
     root = base.run_dir()

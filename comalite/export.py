@@ -189,11 +189,29 @@ def _replaceable(out_dir: Path) -> None:
                             "folder or remove it")
 
 
+def _check_base(base: str | None) -> None:
+    """A ``base`` written as a local path (absolute, ``./``, ``~``, or more than one ``/``: a hub id is
+    ``org/name``) must be a checkpoint folder: the export would name a base no one can load."""
+    if not base:
+        return
+    looks_local = os.path.isabs(base) or base.startswith((".", "~")) or base.count("/") > 1 or os.path.exists(base)
+    if not looks_local:
+        return
+    folder = Path(base).expanduser()
+    if not folder.is_dir():
+        raise ComaliteError(f"--base {folder}: no such folder. Give the checkpoint folder the model was trained on, "
+                            "or a hub id (org/name), or leave --base out to name the one it was trained on")
+    if not (folder / "config.json").is_file():
+        raise ComaliteError(f"--base {folder}: not a checkpoint folder (no config.json in it). Give the folder "
+                            "that holds the base model, or a hub id (org/name)")
+
+
 def export_model(result_dir: str | Path, out_dir: str | Path, *, base: str | None = None) -> Path:
     """Write ``result_dir`` (a stage-1 or stage-2 result) into ``out_dir`` as a transformers + peft model (see
     the module doc). ``base`` is the checkpoint the export names (default: the one trained on; a named tiny
     checkpoint becomes its folder)."""
     result_dir, out_dir = Path(result_dir), Path(out_dir)
+    _check_base(base)
     info = read_result(result_dir)
     cfg = model_config_of(result_dir)
     pooling = info["settings"].get("pooling", "mean")

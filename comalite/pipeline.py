@@ -23,8 +23,9 @@ from .config import Config, load_config
 from .data.sources import ensure_data, eval_datasets, train_pairs
 from .distributed import barrier, is_writer
 from .embedding import EmbeddingModel
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ChecksumError, ConfigError
 from .eval import evaluate
+from .eval.report import check_saved, merged_with_saved, save_results
 from .eval.registry import dataset_info
 from .paths import data_dir
 from .result import read_result
@@ -41,15 +42,21 @@ TINY_BUILDS = {"tiny": ("tiny", TinyConfig), "tiny-smoke": ("tiny-smoke", TinyCo
 
 
 def ensure_backbone(cfg: Config) -> Path | str:
-    """The config's checkpoint, building the tiny VLM first when it is a named one that is missing."""
+    """The config's checkpoint, building the tiny VLM first when it is a named one that is missing (no folder
+    or no config.json). One that is there but differs from its CHECKSUMS is an error (``ChecksumError``), never
+    rebuilt: a rebuild would silently replace tracked files, and take an hour for ``tiny``."""
     try:
         return resolve_checkpoint(cfg.model.backbone)
+    except ChecksumError:
+        raise
     except CheckpointError:
         if cfg.model.backbone not in TINY_BUILDS:
             raise
     with run_lock(data_dir() / ".building"):  # two processes must not build into one folder at once
         try:
             return resolve_checkpoint(cfg.model.backbone)
+        except ChecksumError:
+            raise
         except CheckpointError:
             return build_tiny(cfg.model.backbone)
 
@@ -110,22 +117,36 @@ def embedding_model(cfg: Config, name: str) -> EmbeddingModel:
                                cpu_threads=cfg.model.cpu_threads)
 
 
-def evaluate_models(cfg: Config, names: list[str] | tuple[str, ...] = MODEL_NAMES) -> dict:
-    """Evaluate the named models on the config's eval datasets; writes ``<run_dir>/eval/results.{json,md}``."""
-    prepare(cfg)
-    datasets = [(dataset_info(d, cfg.eval.meta_tasks), d) for d in eval_datasets(cfg)]
+def evaluate_models(cfg: Config, names: list[str] | tuple[str, ...] = MODEL_NAMES, *,
+                    overwrite: bool = False) -> dict:
+    """Evaluate the named models on the config's eval datasets; writes ``<run_dir>/eval/results.{json,md}``
+    and returns what it wrote.
+
+    The folder's lock is held from the start (a second evaluation into it is refused at once, before any
+    model loads) until the results are written. Results already there for the same datasets and sampling
+    are merged: these models' columns are replaced, the other models' kept. Other datasets or sampling are
+    refused before any model loads, unless ``overwrite`` (then replaced); see ``comalite.eval.report``."""
     out = cfg.run_dir() / "eval"
-    models = [embedding_model(cfg, name) for name in names]
     with run_lock(out) if is_writer() else contextlib.nullcontext():
-        return evaluate(models, datasets, out_dir=out, cache_dir=out / "cache", batch_size=cfg.eval.batch_size,
-                        limit=cfg.eval.max_queries or None, seed=cfg.eval.seed)
+        prepare(cfg)
+        datasets = [(dataset_info(d, cfg.eval.meta_tasks), d) for d in eval_datasets(cfg)]
+        sampling = {"limit": cfg.eval.max_queries or None, "seed": cfg.eval.seed}
+        if is_writer():
+            check_saved(out, {info.name: len(data.queries) for info, data in datasets}, sampling,
+                        overwrite=overwrite)
+        models = [embedding_model(cfg, name) for name in names]
+        results = evaluate(models, datasets, cache_dir=out / "cache", batch_size=cfg.eval.batch_size, **sampling)
+        if is_writer():
+            results = merged_with_saved(results, out, overwrite=overwrite)
+            save_results(results, out, overwrite=True)
+        return results
 
 
 def run_all(cfg: Config, *, overwrite: bool = False) -> dict:
     """Stage 1, stage 2, the contrastive-only baseline and the evaluation table, reusing what is done."""
     for stage in STAGES:
         ensure_stage(cfg, stage, overwrite=overwrite)
-    return evaluate_models(cfg)
+    return evaluate_models(cfg, overwrite=overwrite)
 
 
 def tiny_report(cfg: Config) -> dict | None:

@@ -4,19 +4,28 @@ A result folder holds ``result.json`` (backbone config, the adapter stack in ord
 metrics and run record, written last: its presence marks a finished stage), ``adapters/<name>/`` for each
 LoRA adapter of the stack, and ``compression.safetensors``. Stage 2's folder holds a copy of the stage-1
 adapter it was trained on, so every result folder loads on its own.
+
+``result.json`` also records the sha256 of every weight file it describes (``sha256``: relative path ->
+hash; the adapters' weights and configs, the compression rows); ``load_result`` checks them before loading,
+so a flipped byte or a truncated file is a ``CorruptFileError`` naming the file, never a silently different
+model. Results written before these hashes were recorded load unverified (their safetensors files are only
+checked to be complete).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
 
 from .atomic import atomic_write_json
 from .backbone import Backbone, load_backbone
 from .compression import FILENAME as COMPRESSION_FILE
 from .config import ModelConfig
-from .errors import ComaliteError
+from .errors import ComaliteError, CorruptFileError
 from .fingerprint import files_fingerprint
 
 RESULT_FILE = "result.json"
@@ -34,7 +43,8 @@ def write_result(folder: str | Path, backbone: Backbone, *, stage: str, settings
     backbone.save(folder)
     stack = []
     if inherited:
-        for name, rel in read_result(inherited)["adapters"]:
+        verify_weights(inherited)  # a damaged stage-1 adapter is not copied on as if it were sound
+        for name, rel in _entry(Path(inherited), read_result(inherited), "adapters", list):
             target = folder / "adapters" / name
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(Path(inherited) / rel, target)
@@ -42,16 +52,96 @@ def write_result(folder: str | Path, backbone: Backbone, *, stage: str, settings
     if backbone.trainable_adapter:
         stack.append([backbone.trainable_adapter, f"adapters/{backbone.trainable_adapter}"])
     atomic_write_json({"stage": stage, "model": dataclasses.asdict(backbone.config), "adapters": stack,
-                       "settings": settings, "metrics": metrics, "run": run}, folder / RESULT_FILE)
+                       "settings": settings, "metrics": metrics, "run": run,
+                       "sha256": {rel: sha256_file(folder / rel) for rel in weight_files(folder, stack)}},
+                      folder / RESULT_FILE)
     return folder
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
+"""The files of an adapter folder that make the model (weights and configs; not peft's README)."""
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weight_files(folder: str | Path, stack: list) -> list[str]:
+    """The weight files of a result folder, relative to it: the compression rows, then each adapter's files."""
+    folder = Path(folder)
+    files = [COMPRESSION_FILE]
+    for _, rel in stack:
+        files += sorted(p.relative_to(folder).as_posix() for p in (folder / rel).rglob("*")
+                        if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    return files
+
+
+def _redo(folder: Path, info: dict | None = None) -> str:
+    stage = (info or {}).get("stage")
+    stage = stage if isinstance(stage, str) else "the stage that wrote it"
+    return f"delete {folder} and run {stage} again to retrain it"
+
+
 def read_result(folder: str | Path) -> dict:
-    path = Path(folder) / RESULT_FILE
+    folder = Path(folder)
+    path = folder / RESULT_FILE
     if not path.exists():
         raise ComaliteError(f"{path} not found: {folder} is not a finished comalite result folder "
                             "(did the stage finish? rerunning it resumes from its checkpoint)")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptFileError(f"{path}: not valid JSON ({err}): the file is truncated or corrupt; "
+                               f"{_redo(folder)}") from None
+    if not isinstance(info, dict):
+        raise CorruptFileError(f"{path}: holds a JSON {type(info).__name__}, not a comalite result (an object "
+                               f"with model, adapters, ...); {_redo(folder)}")
+    if "sha256" in info and not isinstance(info["sha256"], dict):
+        raise CorruptFileError(f"{path}: its 'sha256' entry is not a mapping of file -> hash; {_redo(folder, info)}")
+    return info
+
+
+def _entry(folder: Path, info: dict, key: str, kind: type):
+    """``info[key]``, which loading needs; a ``CorruptFileError`` naming ``result.json`` when it is missing."""
+    if not isinstance(info.get(key), kind):
+        raise CorruptFileError(f"{folder / RESULT_FILE}: no valid {key!r} in it, so it is not a complete comalite "
+                               f"result; {_redo(folder, info)}")
+    return info[key]
+
+
+def verify_weights(folder: str | Path, info: dict | None = None) -> None:
+    """Check a result folder's weight files against the sha256 hashes its ``result.json`` recorded.
+
+    A missing, truncated or changed file raises ``CorruptFileError`` naming it. Results written before the
+    hashes were recorded are not verified; their safetensors files are only checked to be complete."""
+    folder = Path(folder)
+    info = read_result(folder) if info is None else info
+    result_file = folder / RESULT_FILE
+    recorded = info.get("sha256")
+    if recorded is None:  # an older result: at least refuse truncated weights with one line
+        for rel in weight_files(folder, _entry(folder, info, "adapters", list)):
+            path = folder / rel
+            if path.suffix != ".safetensors" or not path.is_file():
+                continue
+            try:
+                with safe_open(str(path), "pt"):
+                    pass
+            except SafetensorError as err:
+                raise CorruptFileError(f"{path}: cannot read it ({err}): the file is truncated or corrupt; "
+                                       f"{_redo(folder, info)}") from None
+        return
+    for rel, expected in recorded.items():
+        path = folder / rel
+        if not path.is_file():
+            raise CorruptFileError(f"{path} is missing ({result_file} lists it): {_redo(folder, info)}")
+        found = sha256_file(path)
+        if found != expected:
+            raise CorruptFileError(f"{path} is corrupt or was changed after {result_file} recorded it (sha256 "
+                                   f"{found}, recorded {expected}); {_redo(folder, info)}")
 
 
 def weights_fingerprint(folder: str | Path) -> str:
@@ -63,17 +153,26 @@ def weights_fingerprint(folder: str | Path) -> str:
 
 def model_config_of(folder: str | Path, **overrides) -> ModelConfig:
     """The ``ModelConfig`` a result was trained with (tuples restored), with optional overrides."""
-    saved = read_result(folder)["model"]
-    saved["lora_targets"] = tuple(saved["lora_targets"])
-    return dataclasses.replace(ModelConfig(**saved), **overrides)
+    folder = Path(folder)
+    info = read_result(folder)
+    saved = dict(_entry(folder, info, "model", dict))
+    try:
+        saved["lora_targets"] = tuple(saved["lora_targets"])
+        saved_cfg = ModelConfig(**saved)
+    except (KeyError, TypeError) as err:  # a setting missing, unknown, or not a list
+        raise CorruptFileError(f"{folder / RESULT_FILE}: its 'model' settings are incomplete or unknown "
+                               f"({type(err).__name__}: {err}); {_redo(folder, info)}") from None
+    return dataclasses.replace(saved_cfg, **overrides)
 
 
 def load_result(folder: str | Path, *, train_adapter: str | None = None, model_cfg: ModelConfig | None = None,
                 train_compression: bool = False, seed: int = 0) -> Backbone:
     """Load a result folder's backbone with its whole adapter stack frozen, optionally plus a fresh
-    trainable adapter on top (stage 2 starting from stage 1)."""
+    trainable adapter on top (stage 2 starting from stage 1). Its weight files are verified first
+    (``verify_weights``)."""
     folder = Path(folder)
     info = read_result(folder)
-    adapters = [(name, folder / rel) for name, rel in info["adapters"]]
+    verify_weights(folder, info)
+    adapters = [(name, folder / rel) for name, rel in _entry(folder, info, "adapters", list)]
     return load_backbone(model_cfg or model_config_of(folder), adapters=adapters, train_adapter=train_adapter,
                          compression_from=folder, train_compression=train_compression, seed=seed)

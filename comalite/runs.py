@@ -25,7 +25,7 @@ from .backbone import checkpoint_fingerprint
 from .config import Config
 from .data import sources
 from .errors import ComaliteError, RunConflictError, RunLockedError
-from .fingerprint import digest, files_fingerprint
+from .fingerprint import digest, files_fingerprint, images_fingerprint
 from .result import RESULT_FILE, weights_fingerprint
 from .distributed import barrier, is_writer
 
@@ -57,8 +57,24 @@ def make_record(settings: dict, inputs: dict) -> dict:
 
 
 def read_record(folder: str | Path) -> dict | None:
-    path = Path(folder) / RUN_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    """``folder/run.json``, or None when there is none; a truncated or malformed one is a ``CorruptFileError``."""
+    from .errors import CorruptFileError
+
+    folder = Path(folder)
+    path = folder / RUN_FILE
+    if not path.exists():
+        return None
+    fix = (f"delete it and run again with --overwrite (which empties {folder}), or run into another folder "
+           "(--set out_dir=...)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptFileError(f"{path}: not valid JSON ({err}): the run record is truncated or corrupt; "
+                               f"{fix}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
+        what = "no 'fingerprint'" if isinstance(record, dict) else f"a JSON {type(record).__name__}"
+        raise CorruptFileError(f"{path}: holds {what}, not a comalite run record; {fix}")
+    return record
 
 
 def claim(folder: str | Path, record: dict, *, overwrite: bool = False) -> None:
@@ -122,13 +138,20 @@ def _result_settings(section) -> dict:
 
 def stage_record(cfg: Config, stage: str) -> dict:
     """The run record of ``stage`` (``stage1``, or ``stage2`` for either init) under ``cfg``: its settings and
-    the fingerprints of its backbone, its data files and, for CoMa's stage 2, the stage-1 weights."""
+    the fingerprints of its backbone, its data files, the images it reads (each one's path relative to the
+    image root and content: ``fingerprint.images_fingerprint``) and, for CoMa's stage 2, the stage-1 weights.
+
+    ``image_root`` (where the images were read from) is recorded beside the fingerprint, not in it: a
+    content-identical copy of the images in another folder reuses the run, other images are refused, and
+    the refusal names both folders."""
     settings = {"model": _result_settings(cfg.model), stage: _result_settings(getattr(cfg, stage))}
     files = sources.stage1_files(cfg) if stage == "stage1" else sources.train_files(cfg)
-    inputs = {"backbone": checkpoint_fingerprint(cfg.model.backbone), "data": files_fingerprint(files)}
+    root, images = sources.stage_images(cfg, stage)
+    inputs = {"backbone": checkpoint_fingerprint(cfg.model.backbone), "data": files_fingerprint(files),
+              "images": images_fingerprint(images, root)}
     if stage == "stage2" and cfg.stage2.init == "stage1":
         inputs["stage1"] = weights_fingerprint(cfg.run_dir() / "stage1")
-    return make_record(settings, inputs)
+    return {**make_record(settings, inputs), "image_root": str(Path(root).resolve())}
 
 
 @contextlib.contextmanager

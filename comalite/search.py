@@ -16,6 +16,8 @@ that built it and refuses to embed queries with another model: two models' vecto
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -215,8 +217,12 @@ class ImageIndex:
         except FileNotFoundError:
             raise SearchIndexError(f"{path}: no such index file. "
                                    "Build one with ImageIndex.build(...).save(path).") from None
-        except (OSError, ValueError) as e:
-            raise SearchIndexError(f"{path}: not an image index ({e}).") from None
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+            problem = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            size = os.path.getsize(path) if os.path.isfile(path) else 0
+            what = "not an image index: an empty file" if size == 0 else "not an image index, or one cut short"
+            raise SearchIndexError(f"{path}: {what} ({problem}). Build it again with "
+                                   "ImageIndex.build(...).save(path).") from None
         if not {"format", "fingerprint", "paths", "embeddings"} <= set(arrays) or int(arrays["format"]) != FORMAT:
             raise SearchIndexError(f"{path}: not an image index of format {FORMAT} (keys {sorted(arrays)}). "
                                    "Build it again with ImageIndex.build(...).save(path).")

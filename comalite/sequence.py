@@ -19,17 +19,39 @@ The roles drive everything downstream: the attention mask (``comalite.mask``), t
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from .data.images import load_image
+from .errors import DataFormatError
 from .processor import VLProcessor
 from .records import IMAGE_PLACEHOLDER, Dialogue, EmbedInput
 
+log = logging.getLogger(__name__)
+
 PAD, CONTEXT, COMPRESS, QUESTION, ANSWER = -1, 0, 1, 2, 3
 ROLE_NAMES = {PAD: "pad", CONTEXT: "context", COMPRESS: "compress", QUESTION: "question", ANSWER: "answer"}
+
+TRUNCATED: dict[str, set[str]] = {"stage1.max_length": set(), "model.embed_max_length": set()}
+"""The inputs cut to fit so far in this process (``too_long="truncate"``), by the setting that cut them; each is
+logged once, with the running count."""
+
+
+def _truncated(setting: str, name: str, message: str) -> None:
+    seen = TRUNCATED.setdefault(setting, set())
+    if name not in seen:
+        seen.add(name)
+        log.warning("%s (%d input(s) cut at %s so far)", message, len(seen), setting)
+
+
+def _name(origin: str, text: str) -> str:
+    """How a message names an input: where a reader found it, else the start of its text."""
+    if origin:
+        return origin
+    return f"the input {text[:60]!r}" + ("..." if len(text) > 60 else "")
 
 
 @dataclass
@@ -65,12 +87,17 @@ def add_image(ex: Example, processor: VLProcessor, image: str | Image.Image, ori
     ex.add(processor.image_span(grid), CONTEXT)
 
 
-def embed_example(processor: VLProcessor, item: EmbedInput, *, with_compression: bool = True) -> Example:
+def embed_example(processor: VLProcessor, item: EmbedInput, *, with_compression: bool = True,
+                  max_length: int = 0, too_long: str = "refuse") -> Example:
     """Stage-2 input: text with ``<|image_1|>`` replaced by the image, then the compression tokens.
 
     An image without a placeholder goes first; a placeholder without an image is an error (it would
     silently become text). The text around the placeholder is kept exactly, spaces included, which gives
     the same ids as tokenising the whole string with the vision span written in.
+
+    ``max_length`` (``model.embed_max_length``; 0 = none) bounds the tokens: a longer input raises
+    DataFormatError naming it (its file and row when a reader found it) or, with ``too_long="truncate"``,
+    loses the end of its text (the image and the compression tokens stay) and is counted in the log.
     """
     n_placeholders = item.text.count(IMAGE_PLACEHOLDER)
     if n_placeholders > 1:
@@ -79,20 +106,46 @@ def embed_example(processor: VLProcessor, item: EmbedInput, *, with_compression:
         raise ValueError(f"input text has {IMAGE_PLACEHOLDER} but no image path: {item.text!r}")
     ex = Example([], [])
     before, _, after = item.text.partition(IMAGE_PLACEHOLDER) if n_placeholders else ("", "", item.text)
-    ex.add(processor.encode_text(before), CONTEXT)
+    before_ids, after_ids = processor.encode_text(before), processor.encode_text(after)
+    compress = processor.compress_ids if with_compression else []
+    ex.add(before_ids, CONTEXT)
     if item.image:
         add_image(ex, processor, item.image, item.origin)
-    ex.add(processor.encode_text(after), CONTEXT)
-    if with_compression:
-        ex.add(processor.compress_ids, COMPRESS)
+    n = len(ex.input_ids) + len(after_ids) + len(compress)
+    if max_length and n > max_length:
+        over, text = n - max_length, len(before_ids) + len(after_ids)
+        name = _name(item.origin, item.text)
+        if too_long != "truncate" or over > text:
+            image = len(ex.input_ids) - len(before_ids)
+            why = ("Cutting its text cannot make it fit: raise model.embed_max_length or lower model.max_pixels"
+                   if too_long == "truncate" else "Shorten the text, raise model.embed_max_length, or set "
+                   "model.embed_too_long=truncate to cut the text")
+            raise DataFormatError(f"{name}: {n:,} tokens ({text:,} of text, {image:,} of image, {len(compress)} "
+                                  f"compression), over model.embed_max_length={max_length:,}. {why}.")
+        cut_after = min(over, len(after_ids))
+        after_ids = after_ids[:len(after_ids) - cut_after]
+        cut_before = over - cut_after
+        if cut_before:  # the text before the image loses its end: the image's span moves up, intact
+            kept = len(before_ids) - cut_before
+            ex.input_ids, ex.roles = ex.input_ids[:kept] + ex.input_ids[len(before_ids):], \
+                ex.roles[:kept] + ex.roles[len(before_ids):]
+        _truncated("model.embed_max_length", name, f"{name}: {n:,} tokens, over model.embed_max_length="
+                   f"{max_length:,}: the last {over:,} text tokens cut (model.embed_too_long=truncate)")
+    ex.add(after_ids, CONTEXT)
+    ex.add(compress, COMPRESS)
     if not ex.input_ids:
         raise ValueError("empty input: give a text, an image or both")
     return ex
 
 
 def dialogue_example(processor: VLProcessor, dialogue: Dialogue, *, prompt: str, text_prompt: str,
-                     multi_turn: bool = True, with_compression: bool = True) -> Example:
-    """Stage-1 sequence (and stage 0's, with ``with_compression=False``): the layout in the module doc."""
+                     multi_turn: bool = True, with_compression: bool = True, max_length: int = 0,
+                     too_long: str = "refuse") -> Example:
+    """Stage-1 sequence (and stage 0's, with ``with_compression=False``): the layout in the module doc.
+
+    ``max_length`` (``stage1.max_length``; 0 = none) bounds the tokens: a longer dialogue raises
+    DataFormatError naming its file and line or, with ``too_long="truncate"``, keeps the first turns that fit
+    (counted in the log; refused still when not even the first one fits)."""
     ex = Example([], [])
     ex.add(processor.encode_text("<|im_start|>user\n"), CONTEXT)
     if dialogue.image:
@@ -105,6 +158,7 @@ def dialogue_example(processor: VLProcessor, dialogue: Dialogue, *, prompt: str,
     turns = dialogue.turns if multi_turn else dialogue.turns[:1]
     if not turns:
         raise ValueError("a stage-1 dialogue needs at least one question/answer turn")
+    ends = []  # the length after each turn
     for k, turn in enumerate(turns):
         # The first turn closes the image's user message; later ones follow an answer's own <|im_end|>.
         opening = "<|im_end|>\n" if k == 0 else "\n"
@@ -112,6 +166,21 @@ def dialogue_example(processor: VLProcessor, dialogue: Dialogue, *, prompt: str,
                                      "<|im_start|>assistant\n"), QUESTION)
         # The answer includes its closing <|im_end|>: predicting it is how the model learns to stop.
         ex.add(processor.encode_text(turn.answer) + [processor.im_end_id], ANSWER)
+        ends.append(len(ex.input_ids))
+    if max_length and ends[-1] > max_length:
+        name = _name(dialogue.origin, dialogue.text or turns[0].question)
+        fit = sum(end <= max_length for end in ends)
+        if too_long != "truncate" or not fit:
+            why = ("Not even its first turn fits: shorten it or raise stage1.max_length" if too_long == "truncate" else
+                   "Shorten the dialogue" + (f" or split its {len(turns)} turns over several lines" if len(turns) > 1
+                                             else "") + ", raise stage1.max_length, or set stage1.too_long=truncate "
+                   "to keep the first turns that fit")
+            context = ex.roles.count(CONTEXT) + ex.roles.count(COMPRESS)
+            raise DataFormatError(f"{name}: {ends[-1]:,} tokens (image/text and prompt {context:,}, turn 1 "
+                                  f"{ends[0] - context:,}), over stage1.max_length={max_length:,}. {why}.")
+        ex.input_ids, ex.roles = ex.input_ids[:ends[fit - 1]], ex.roles[:ends[fit - 1]]
+        _truncated("stage1.max_length", name, f"{name}: {ends[-1]:,} tokens, over stage1.max_length={max_length:,}: "
+                   f"kept the first {fit} of {len(turns)} turns (stage1.too_long=truncate)")
     return ex
 
 
@@ -120,7 +189,9 @@ def dialogue_examples(processor, dialogues: list[Dialogue], s1, *,
     """``dialogue_example`` for each dialogue, with the prompts and turn setting of ``s1`` (a
     ``Stage1Config``)."""
     return [dialogue_example(processor, d, prompt=s1.prompt, text_prompt=s1.text_prompt,
-                             multi_turn=s1.multi_turn, with_compression=with_compression) for d in dialogues]
+                             multi_turn=s1.multi_turn, with_compression=with_compression,
+                             max_length=getattr(s1, "max_length", 0), too_long=getattr(s1, "too_long", "refuse"))
+            for d in dialogues]
 
 
 def collate(examples: list[Example], pad_id: int, *, pad_side: str = "right") -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ all-reduce: adapters are small), so every rank applies the same update; rank 0 a
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -33,7 +34,7 @@ import torch.distributed as dist
 from .atomic import atomic_write, atomic_write_json
 from .config import TrainConfig
 from .distributed import barrier, distributed, is_writer
-from .errors import NonFiniteLossError, RunConflictError
+from .errors import CorruptFileError, NonFiniteLossError, RunConflictError
 from .progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+STATE_HASH = "sha256"
+"""The checkpoint entry holding ``state_hash`` of everything else in it."""
+
+
+def _feed(h, value) -> None:
+    """Feed ``value`` (nested dicts, lists, tensors, arrays, scalars) into the hash ``h``, exactly."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"tensor:{t.dtype}:{tuple(value.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy() if t.numel() else b"")  # the bytes themselves, no copy
+    elif isinstance(value, np.ndarray):
+        h.update(f"array:{value.dtype}:{value.shape}:".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, dict):
+        h.update(f"dict:{len(value)}:".encode())
+        for key in sorted(value, key=repr):
+            _feed(h, key)
+            _feed(h, value[key])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{type(value).__name__}:{len(value)}:".encode())
+        for item in value:
+            _feed(h, item)
+    elif type(value).__repr__ is object.__repr__:  # an address would differ after a reload: the type only
+        h.update(f"{type(value).__name__};".encode())
+    else:
+        h.update(f"{type(value).__name__}:{value!r};".encode())
+
+
+def state_hash(state: dict) -> str:
+    """sha256 of a checkpoint's state (all but its own hash entry): its tensors byte for byte, the rest by value."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != STATE_HASH})
+    return h.hexdigest()
+
+
 class Trainer:
     """Runs ``cfg.steps`` optimizer steps of ``step_fn`` over ``params``, checkpointing into ``out_dir``.
 
@@ -113,6 +149,7 @@ class Trainer:
                      "fingerprint": self.fingerprint,
                      "params": {n: p.detach().cpu() for n, p in self.params.items()},
                      "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+            state[STATE_HASH] = state_hash(state)  # checked on resume: a flipped byte is an error, not a resume
             atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
         self.saved_step = self.step
         barrier()
@@ -121,7 +158,19 @@ class Trainer:
         """Resume from ``checkpoint.pt`` if present; returns whether it did."""
         if not self.checkpoint_path.exists():
             return False
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        path = self.checkpoint_path
+        fix = "delete it and run the same command again: the stage then restarts from step 0"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # truncated or corrupt: zip, pickle and tensor errors have no common type
+            reason = " ".join(str(err).split())[:200] or type(err).__name__
+            raise CorruptFileError(f"{path}: cannot read this checkpoint ({reason}): it is truncated or corrupt; "
+                                   f"{fix}") from None
+        if not isinstance(state, dict) or not {"params", "optimizer", "scheduler", "rng", "step"} <= set(state):
+            raise CorruptFileError(f"{path}: not a comalite training checkpoint; {fix}")
+        if STATE_HASH in state and state_hash(state) != state[STATE_HASH]:  # older checkpoints hold no hash
+            raise CorruptFileError(f"{path} is corrupt: its contents no longer match the hash stored in it when it "
+                                   f"was written; {fix}")
         if state.get("fingerprint", "") != self.fingerprint:
             raise RunConflictError(f"{self.checkpoint_path} was written by a run with other settings or inputs "
                                    "(fingerprint differs): use another out_dir, or --overwrite to start again")

@@ -32,12 +32,15 @@ def check_folder(root: str | Path, *, image_root: str | Path | None = None) -> l
                     pairs = read_train_subset(root / name, image_root, subset=name)
                     items = [x for p in pairs for x in (p.query, p.positive, p.negative) if x is not None]
                     row["rows"] = len(pairs)
+                    if not pairs:
+                        raise DataFormatError(f"{root / name}: no rows, so nothing to train on. Write the subset's "
+                                              "pairs into it or remove the folder.")
                 else:
                     data = read_eval_dataset(root, name, image_root=image_root)
                     items = [x for q in data.queries for x in (q.query, *q.candidates)]
                     counts = [len(q.candidates) for q in data.queries]
                     row["rows"] = len(data.queries)
-                    row["candidates"] = f"{min(counts)}-{max(counts)}"
+                    row["candidates"] = f"{min(counts)}-{max(counts)}" if counts else ""
                 row["images"] = len({x.image for x in items if x.image})
             except DataFormatError as err:
                 row["problem"] = str(err)

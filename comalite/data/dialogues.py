@@ -33,6 +33,7 @@ Where annotations already pair an image with questions and answers (MMEB-train's
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -43,13 +44,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_text
 from ..backbone import Backbone, load_backbone
 from ..config import Config, ModelConfig, WriterConfig
 from ..errors import ConfigError, DataFormatError
 from ..progress import progress_bar
 from ..records import IMAGE_PLACEHOLDER, Dialogue, TrainPair, Turn
 from .images import find_images, load_image
-from .io import read_dialogues, write_dialogues
+from .io import read_dialogues
 from .sources import image_root
 
 log = logging.getLogger(__name__)
@@ -208,12 +210,59 @@ class Stage1DataReport:
     answers: int = 0        # answers this call generated
     answers_cut: int = 0    # of which cut at writer.max_answer_tokens
     questions_cut: int = 0  # question lists cut at writer.max_question_tokens
+    unreadable: int = 0     # images this call could not read (listed in ``skipped_file``)
+    not_retried: int = 0    # images an earlier call could not read, left out again (``retry_skipped=False``)
+    skipped_file: Path | None = None  # ``<out>.skipped``: one unreadable image per line, ``path<TAB>reason``
+
+
+def skipped_path(out: str | Path) -> Path:
+    """``<out>.skipped``: the images ``build_stage1_data`` could not read, one ``path<TAB>reason`` per line."""
+    out = Path(out)
+    return out.with_name(out.name + ".skipped")
+
+
+def read_skipped(out: str | Path) -> dict[str, str]:
+    """Absolute image path -> reason, from ``<out>.skipped`` (empty when there is none)."""
+    path = skipped_path(out)
+    if not path.exists():
+        return {}
+    listed = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        image, _, reason = line.partition("\t")
+        if image.strip():
+            listed[os.path.abspath(image)] = reason
+    return listed
+
+
+def _drop_torn_line(out: Path) -> None:
+    """A run killed while writing leaves its last line unfinished: cut it off (with a warning) so the file
+    reads and appends cleanly. A last line without its newline that is whole JSON gets the newline instead."""
+    data = out.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    start = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[start:].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        log.warning("%s: its last line is unfinished (%d bytes; a run stopped while writing it): dropped, and "
+                    "its image is written again", out, len(data) - start)
+        with open(out, "r+b") as f:
+            f.truncate(start)
+            f.flush()
+            os.fsync(f.fileno())
+        return
+    with open(out, "ab") as f:
+        f.write(b"\n")
 
 
 def _done(out: Path, root: Path) -> list[Dialogue]:
-    """The dialogues already in ``out`` (none if it does not exist); duplicates an earlier run left are kept
-    as they are and reported, never added to."""
+    """The dialogues already in ``out`` (none if it does not exist or holds none yet); an unfinished last line
+    (a killed run) is dropped first. Duplicates an earlier run left are kept as they are and reported, never
+    added to."""
     if not out.exists():
+        return []
+    _drop_torn_line(out)
+    if not out.read_bytes().strip():
         return []
     try:
         done = read_dialogues(out, root)
@@ -227,6 +276,25 @@ def _done(out: Path, root: Path) -> list[Dialogue]:
     return done
 
 
+def _dialogue_line(dialogue: Dialogue, root: Path) -> bytes:
+    """One line of a stage-1 jsonl, exactly as ``io.write_dialogues`` writes it."""
+    image = Path(os.path.relpath(os.path.abspath(dialogue.image), root)).as_posix() if dialogue.image else ""
+    record = {"image": image, "text": dialogue.text,
+              "turns": [{"q": t.question, "a": t.answer} for t in dialogue.turns]}
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _append(path: Path, data: bytes, sync: bool) -> None:
+    """Append ``data`` to ``path`` and flush it to the OS (a killed process loses nothing); ``sync`` also
+    fsyncs (a power cut loses nothing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        if sync:
+            os.fsync(f.fileno())
+
+
 def sample_images(paths: list[Path], limit: int, seed: int) -> list[Path]:
     """``limit`` of ``paths`` (all of them when ``limit`` is 0 or more), drawn by a seeded shuffle and kept in
     their order: images from every sub-folder rather than the first folders' (sorted, MMEB's subsets come
@@ -237,7 +305,8 @@ def sample_images(paths: list[Path], limit: int, seed: int) -> list[Path]:
 
 
 def build_stage1_data(cfg: Config, *, images: str | Path, out: str | Path, generator: str = "", limit: int = 0,
-                      questions: list[str] | None = None, save_every: int = 50) -> Stage1DataReport:
+                      questions: list[str] | None = None, save_every: int = 1,
+                      retry_skipped: bool = False) -> Stage1DataReport:
     """Write a stage-1 jsonl for every image under ``images`` with the writer VLM (``cfg.writer``;
     ``generator`` overrides ``writer.backbone``), which writes ``writer.n_questions`` questions per image or
     answers the fixed ``questions``.
@@ -245,8 +314,15 @@ def build_stage1_data(cfg: Config, *, images: str | Path, out: str | Path, gener
     Image paths are written relative to the folder stage 1 reads them against (``stage1_image_root``);
     ``images`` must lie under it (a ConfigError before any model loads). When the config names no such
     folder, they are relative to ``images`` and the log says which setting stage 1 then needs.
-    Resumes: images already in ``out`` (by absolute path) are skipped; the file is rewritten atomically every
-    ``save_every`` images. A writer that answers nothing at all is an error."""
+
+    Nothing written is lost: each dialogue is appended to ``out`` and flushed as soon as it is written
+    (fsynced every ``save_every`` dialogues; default every one). Resumes: images already in ``out`` (by
+    absolute path) are skipped; an unfinished last line (a killed run) is dropped with a warning and its
+    image written again. An image that cannot be read is skipped, listed in ``<out>.skipped``
+    (``path<TAB>reason``) and counted (``unreadable``); ``writer.strict`` makes it an error instead (the
+    dialogues before it stay in ``out``). A rerun leaves the listed images out (``not_retried``) unless
+    ``retry_skipped``; an image read on a retry leaves the list. A writer that answers nothing at all is an
+    error."""
     out, image_dir = Path(out), Path(os.path.abspath(images))
     if not image_dir.is_dir():
         raise DataFormatError(f"--images {images}: no such folder. Give the folder of images (searched "
@@ -263,30 +339,57 @@ def build_stage1_data(cfg: Config, *, images: str | Path, out: str | Path, gener
     paths = sample_images(find_images(image_dir), limit, cfg.data.seed)
     done = _done(out, root)
     have = {os.path.abspath(d.image) for d in done if d.image}
+    listed = read_skipped(out)
     todo = [p for p in paths if os.path.abspath(p) not in have]
-    report = Stage1DataReport(dialogues=len(done))
+    report = Stage1DataReport(dialogues=len(done), skipped_file=skipped_path(out))
+    if not retry_skipped:
+        report.not_retried = sum(os.path.abspath(p) in listed for p in todo)
+        todo = [p for p in todo if os.path.abspath(p) not in listed]
+        if report.not_retried:
+            log.warning("%d image(s) listed in %s as unreadable are not retried (pass --retry-skipped, or delete "
+                        "their lines, to try them again)", report.not_retried, report.skipped_file)
     if not todo:
         return report
     writer = cfg.writer
     backbone = load_backbone(writer_model(cfg, generator), train_adapter=None, train_compression=False).eval()
     for i, path in enumerate(progress_bar(todo, desc="stage-1 dialogues"), 1):
-        dialogue = generate_dialogue(backbone, str(path), writer, questions=questions)
-        for key in ("answers", "answers_cut", "questions_cut"):
-            setattr(report, key, getattr(report, key) + dialogue.meta[key])
+        key = os.path.abspath(path)
+        try:
+            dialogue = generate_dialogue(backbone, str(path), writer, questions=questions)
+        except DataFormatError as err:  # load_image's: an unreadable, oversized or vanished image
+            if writer.strict:
+                raise DataFormatError(f"{err} (writer.strict is set: the {report.new} dialogue(s) written "
+                                      f"before it are kept in {out}; the same command resumes after them)") from None
+            reason = str(err).removeprefix(f"{path}: ").replace("\n", " ").replace("\t", " ")
+            if key not in listed:
+                _append(report.skipped_file, f"{key}\t{reason}\n".encode("utf-8"), sync=True)
+                listed[key] = reason
+            report.unreadable += 1
+            log.warning("%s: cannot read this image; skipped and listed in %s", path, report.skipped_file)
+            continue
+        for k in ("answers", "answers_cut", "questions_cut"):
+            setattr(report, k, getattr(report, k) + dialogue.meta[k])
         if dialogue.turns:
+            _append(out, _dialogue_line(dialogue, root), sync=report.new % max(save_every, 1) == 0)
             done.append(dialogue)
+            have.add(key)
             report.new += 1
         else:
             report.skipped += 1
             log.warning("no usable question/answer for %s; skipped", path)
-        if done and (i % save_every == 0 or i == len(todo)):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_dialogues(done, out, root)
+    if retry_skipped and have & set(listed):  # images read on this retry leave the list
+        atomic_write_text(report.skipped_file, "".join(f"{p}\t{r}\n" for p, r in listed.items() if p not in have))
     if not done:
+        if report.unreadable == len(todo):
+            raise DataFormatError(f"none of the {len(todo)} images under {image_dir} could be read (listed in "
+                                  f"{report.skipped_file}): check the folder")
         raise DataFormatError(f"{writer_model(cfg, generator).backbone} wrote no usable question and answer for any "
                               f"of the {len(todo)} images under {image_dir}: use a chat-tuned VLM (--generator or "
                               "writer.backbone) or give the questions to answer (--question)")
     report.dialogues = len(done)
+    if report.unreadable:
+        log.warning("%d image(s) could not be read and were skipped: listed in %s", report.unreadable,
+                    report.skipped_file)
     if report.answers_cut:
         log.warning("%d of %d answers hit writer.max_answer_tokens=%d and were cut mid-answer; raise it to keep "
                     "them whole", report.answers_cut, report.answers, writer.max_answer_tokens)

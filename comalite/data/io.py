@@ -16,6 +16,7 @@ An empty image path means "no image". Records hold absolute image paths.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,15 @@ from comalite.records import (
 TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
 EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
 _OPTIONAL_TRAIN_COLUMNS = ("neg_text", "neg_image_path")
+
+log = logging.getLogger(__name__)
+
+
+def _warn_identical(file, rows: list, what: str) -> None:
+    """Log (once per file) a training file whose rows are all the same: it teaches nothing a single row does
+    not, and usually means a broken export."""
+    if len(rows) > 1 and all(row == rows[0] for row in rows[1:]):
+        log.warning("%s: all %d %s are identical; check how the file was written", file, len(rows), what)
 
 
 def _error(file, row, field: str, problem: str, fix: str) -> DataFormatError:
@@ -181,7 +191,9 @@ def read_train_subset(path, image_root, *, subset: str | None = None, limit: int
     known: dict[str, bool] = {}
     pairs: list[TrainPair] = []
     for file in data_files(path, split):
-        for i, row in enumerate(_read_rows(file)):
+        rows = _read_rows(file)
+        _warn_identical(file, rows, "rows")
+        for i, row in enumerate(rows):
             if limit is not None and len(pairs) >= limit:
                 return pairs
             query = _embed_input(_text(row, "qry", file, i),
@@ -232,9 +244,15 @@ def read_eval_dataset(root, name: str, *, image_root=None, split: str = "test", 
     if not folder.is_dir():
         raise DataFormatError(_missing_dataset_message(root, name))
     image_root = os.path.abspath(root if image_root is None else image_root)
-    rows = [(file, i, row) for file in data_files(folder, split) for i, row in enumerate(_read_rows(file))]
+    files = data_files(folder, split)
+    rows = [(file, i, row) for file in files for i, row in enumerate(_read_rows(file))]
+    if not rows:
+        where = files[0] if len(files) == 1 else f"{folder} ({', '.join(f.name for f in files)})"
+        raise DataFormatError(f"{where}: no rows, so nothing to evaluate. Write the dataset's queries into it or "
+                              "remove the dataset folder (or leave it out of eval.datasets).")
     known: dict[str, bool] = {}
     queries = []
+    odd: dict[tuple, int] = {}  # (file, what) -> rows, for one warning per file and kind (below)
     for k in sample_rows(len(rows), limit, seed):
         file, i, row = rows[k]
         query = _embed_input(_text(row, "qry_text", file, i),
@@ -257,7 +275,15 @@ def read_eval_dataset(root, name: str, *, image_root=None, split: str = "test", 
                 raise _error(file, i, f"tgt_text[{j}]", "empty candidate: neither text nor image",
                              "Fix the candidate list.")
             candidates.append(_embed_input(text, image, file, i, f"tgt_text[{j}]", f"tgt_img_path[{j}]"))
+        keys = [c.key() for c in candidates]
+        for what, hit in (("have a single candidate (Precision@1 is 1 whatever the model)", len(keys) == 1),
+                          ("repeat the ground truth (candidate 0) among the other candidates", keys[0] in keys[1:]),
+                          ("hold the same candidate twice among the others", len(set(keys[1:])) < len(keys) - 1)):
+            if hit:
+                odd[(file, what)] = odd.get((file, what), 0) + 1
         queries.append(EvalQuery(query=query, candidates=tuple(candidates)))
+    for (file, what), n in odd.items():
+        log.warning("%s: %d of %d rows read %s; check the candidate lists", file, n, len(queries), what)
     return EvalDataset(name=name, queries=queries, source=folder)
 
 
@@ -335,7 +361,9 @@ def read_dialogues(path, image_root) -> list[Dialogue]:
     root = os.path.abspath(image_root)
     known: dict[str, bool] = {}
     dialogues = []
+    records = []
     for line_no, record in _jsonl_records(path):
+        records.append(record)
         where = f"{path}, line {line_no}"
         turns = record.get("turns")
         if not isinstance(turns, list) or not turns:
@@ -371,4 +399,5 @@ def read_dialogues(path, image_root) -> list[Dialogue]:
         dialogues.append(Dialogue(turns=tuple(parsed), image=image, text=text, origin=where))
     if not dialogues:
         raise DataFormatError(f"{path}: no dialogues in this file. Write some with `comalite stage1-data`.")
+    _warn_identical(path, records, "dialogues")
     return dialogues

@@ -113,6 +113,20 @@ def train_files(cfg: Config) -> list[Path]:
     return files + ([manifest] if manifest.exists() else [])
 
 
+def stage_images(cfg: Config, stage: str) -> tuple[Path, list[str]]:
+    """(image root, the distinct image files) of ``stage``'s data (``stage1``: its dialogues; ``stage2``: every
+    row of its subsets, before caps and ``max_dialogues``, which are settings): what its run record hashes."""
+    root = image_root(cfg, ensure_data(cfg))
+    if stage == "stage1":
+        path = stage1_dialogues_path(cfg)
+        images = {d.image for d in (read_dialogues(path, root) if path.exists() else stage1_dialogues(cfg))}
+    else:
+        train_dir = _train_dir(cfg)
+        images = {item.image for name in train_subsets(cfg) for pair in read_train_subset(train_dir / name, root)
+                  for item in (pair.query, pair.positive, pair.negative) if item is not None}
+    return root, sorted(image for image in images if image)
+
+
 def subset_cap(cfg: Config, subset: str) -> int:
     """The rows stage 2 takes from ``subset``: ``stage2.subset_caps[subset]``, else ``stage2.per_subset_cap``
     (0 = every row)."""

@@ -5,8 +5,10 @@ Layout::
     cache_dir/<model fingerprint>/<dataset slug>-<inputs fingerprint>/rows_<start>-<stop>.npy
 
 The model fingerprint (``Embedder.fingerprint``) changes whenever the embeddings could: other weights,
-pooling, image size, K. The inputs fingerprint hashes the ordered distinct inputs: texts, image paths and
-each image file's size and modification time (a regenerated image at the same path is a new input). Each
+pooling, image size, K. The inputs fingerprint hashes the ordered distinct inputs: texts and each image
+file's content, read anew on every call (``comalite.fingerprint.image_hashes(verify_all=True)``): an image
+rewritten at the same path, even to the same size with its modification time put back, is a new input, and
+a content-identical copy of the images in another folder is the same one. Each
 ``rows_*`` file holds the embeddings of distinct inputs ``start..stop-1``, written atomically, one per
 encoded batch, so an interrupted run resumes with only the missing rows, whatever either run's batch size.
 """
@@ -24,6 +26,7 @@ import torch.distributed as dist
 
 from comalite.atomic import atomic_write
 from comalite.distributed import barrier, distributed, is_writer, rank, world_size
+from comalite.fingerprint import image_hashes
 from comalite.progress import progress_bar
 from comalite.records import EmbedInput
 
@@ -42,20 +45,10 @@ def slug(text: str) -> str:
     return f"{readable}-{digest}" if readable else digest
 
 
-def _image_stamp(path: str, stamps: dict[str, str]) -> str:
-    if path not in stamps:
-        try:
-            stat = os.stat(path)
-            stamps[path] = f"{stat.st_size}:{stat.st_mtime_ns}"
-        except OSError:
-            stamps[path] = "missing"
-    return stamps[path]
-
-
 def inputs_fingerprint(inputs: list[EmbedInput]) -> str:
-    """A hash of the ordered inputs: texts, image paths, and each image file's size and mtime."""
-    stamps: dict[str, str] = {}
-    keys = [[item.text, item.image or "", _image_stamp(item.image, stamps) if item.image else ""] for item in inputs]
+    """A hash of the ordered inputs: texts and each image file's content (every image is read again)."""
+    hashes = image_hashes({item.image for item in inputs if item.image}, verify_all=True)
+    keys = [[item.text, hashes[os.path.abspath(item.image)] if item.image else ""] for item in inputs]
     return hashlib.sha256(json.dumps(keys, ensure_ascii=False).encode()).hexdigest()[:16]
 
 

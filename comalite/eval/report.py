@@ -1,18 +1,96 @@
-"""Reports of an evaluation: ``results.json`` and a markdown table, one row per dataset, then aggregates."""
+"""Reports of an evaluation: ``results.json`` and a markdown table, one row per dataset, then aggregates.
+
+A folder's results are never replaced silently: saving into a folder that already holds an evaluation of
+the same datasets (same sizes, same sampling) MERGES: the models being saved replace their own columns,
+every other model's are kept. A folder holding an evaluation of other datasets or sampling is refused
+(``RunConflictError``, with the differences) unless ``overwrite``."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from comalite.atomic import atomic_write_text
+from comalite.errors import RunConflictError
 from comalite.eval.registry import MMEB_V1_NAMES
 from comalite.records import META_TASKS
 
+RESULTS_FILE = "results.json"
 
-def save_results(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``results.json`` and ``results.md`` (``format_table``) into ``out_dir``, each atomically."""
+
+def _saved(out_dir: str | Path) -> dict | None:
+    """The evaluation saved in ``out_dir`` (None when there is none); one that is not an evaluation's
+    ``results.json`` is a RunConflictError."""
+    path = Path(out_dir) / RESULTS_FILE
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if not all(k in saved for k in ("models", "datasets", "sampling", "scores", "aggregates", "details")):
+            raise ValueError("keys missing")
+    except (ValueError, OSError, TypeError) as err:
+        raise RunConflictError(f"{path} is not the results.json of a comalite evaluation ({err}): move it away, "
+                               "evaluate into another folder (--set out_dir=... or --set name=...), or pass "
+                               "--overwrite to replace it") from None
+    return saved
+
+
+def _conflict(path: Path, lines: list[str]) -> RunConflictError:
+    return RunConflictError(
+        f"{path} holds an evaluation of other datasets or sampling (its other models' scores would not be "
+        "comparable in one table):\n  " + "\n  ".join(lines) + "\nEither evaluate into another folder (--set "
+        "out_dir=... or --set name=...), or pass --overwrite to replace those results.")
+
+
+def check_saved(out_dir: str | Path, datasets: dict[str, int], sampling: dict, *, overwrite: bool = False) -> None:
+    """Refuse early (before any model loads) an evaluation of ``datasets`` (name -> number of queries) with
+    ``sampling`` that could not be merged with the one saved in ``out_dir``; see the module docstring."""
+    saved = None if overwrite else _saved(out_dir)
+    if saved is None:
+        return
+    old = {row["name"]: row["n_queries"] for row in saved["datasets"]}
+    lines = _differences(old, datasets, saved["sampling"], sampling)
+    if lines:
+        raise _conflict(Path(out_dir) / RESULTS_FILE, lines)
+
+
+def _differences(old: dict, new: dict, old_sampling: dict, new_sampling: dict) -> list[str]:
+    """What differs between two evaluations: datasets (name -> size or table row) and sampling."""
+    lines = []
+    if set(old) != set(new):
+        lines.append(f"datasets: {', '.join(sorted(old))} -> {', '.join(sorted(new))}")
+    lines += [f"{name}: {old[name]} -> {new[name]}" for name in sorted(set(old) & set(new)) if old[name] != new[name]]
+    lines += [f"sampling.{k}: {old_sampling.get(k)!r} -> {new_sampling.get(k)!r}"
+              for k in sorted(set(old_sampling) | set(new_sampling)) if old_sampling.get(k) != new_sampling.get(k)]
+    return lines
+
+
+def merged_with_saved(results: dict, out_dir: str | Path, *, overwrite: bool = False) -> dict:
+    """``results`` merged with the evaluation saved in ``out_dir``: the saved models keep their place and
+    scores, those in ``results`` replace theirs or join at the end. ``results`` itself when nothing is saved
+    or ``overwrite``; a RunConflictError when the saved one covers other datasets, sizes or sampling."""
+    saved = None if overwrite else _saved(out_dir)
+    if saved is None:
+        return results
+    rows = lambda r: {row["name"]: json.loads(json.dumps(row)) for row in r["datasets"]}  # noqa: E731
+    lines = _differences(rows(saved), rows(results), saved["sampling"], results["sampling"])
+    if lines:
+        raise _conflict(Path(out_dir) / RESULTS_FILE, lines)
+    new = results["models"]
+    models = list(saved["models"]) + [m for m in new if m not in saved["models"]]
+    pick = lambda m: results if m in new else saved  # noqa: E731
+    merged = {"models": models, "datasets": results["datasets"], "sampling": results["sampling"],
+              "chance_aggregates": results["chance_aggregates"]}
+    for key in ("fingerprints", "scores", "aggregates", "details"):
+        merged[key] = {m: pick(m)[key][m] for m in models if m in pick(m).get(key, {})}
+    return {**results, **merged}
+
+
+def save_results(results: dict, out_dir: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` (``format_table``) into ``out_dir``, each atomically,
+    merged with the evaluation already saved there (``merged_with_saved``; ``overwrite`` replaces it)."""
     out = Path(out_dir)
-    json_path, md_path = out / "results.json", out / "results.md"
+    results = merged_with_saved(results, out, overwrite=overwrite)
+    json_path, md_path = out / RESULTS_FILE, out / "results.md"
     text = json.dumps(results, indent=1)
     atomic_write_text(json_path, text)
     table = format_table(results)
