@@ -14,6 +14,11 @@ transformers.
 from __future__ import annotations
 
 import importlib
+import logging
+
+# On AVX512-BF16 CPUs bitsandbytes tries, at import, to fetch a bf16 kernel from the model hub and warns when
+# it cannot. comalite never uses that kernel (``backbone.keep_4bit_in_fp32``), so the warning is silenced.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 _EXPORTS = {
     "load_config": "comalite.config",

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written checkpoint, result or data file."""
+"""Atomic file writes: a crash mid-write never leaves a half-written checkpoint, result or data file; and the
+one reader of the JSON records they write, which names a truncated or malformed one."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from .errors import ComaliteError
+from .errors import ComaliteError, CorruptFileError
 
 
 class WriteError(ComaliteError, OSError):
@@ -44,3 +45,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(data, path: str | Path) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
+
+
+def read_json_object(path: Path, what: str, fix: str, error: type[Exception] = CorruptFileError) -> dict:
+    """``path``'s JSON object (a run record, a result, a dataset description); a malformed, non-UTF-8 or
+    non-object file raises ``error`` naming it, ``what`` it should hold and the ``fix``."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{path}: not valid JSON ({err}); {fix}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: holds a JSON {type(value).__name__}, not {what}; {fix}")
+    return value

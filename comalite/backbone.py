@@ -16,7 +16,6 @@ stage 1 computed, for the price of one extra low-rank product per adapted layer.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -32,15 +31,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .compression import CompressionTokens
 from .config import ModelConfig
 from .data.images import load_image
-from .errors import CheckpointError, ChecksumError
+from .checkpoints import checkpoint_fingerprint, offline_error, resolve_checkpoint
+from .errors import CheckpointError
 from .mask import additive_mask
-from .paths import data_dir, repo_dir
 from .processor import VLProcessor
 from .vision_cache import shared_cache
-from .fingerprint import files_fingerprint
 
 log = logging.getLogger(__name__)
-CHECKSUMS = "CHECKSUMS"
 
 MODEL_CLASSES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
@@ -66,88 +63,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtypes[name]
 
 
-NAMED_CHECKPOINTS = ("tiny", "tiny-smoke")
-"""Checkpoints known by name, kept under ``data/``: ``tiny`` is shipped with the repository, ``tiny-smoke`` is
-built on first use by ``comalite.pipeline`` (loading never builds)."""
-
-
-def resolve_checkpoint(backbone: str) -> Path | str:
-    """``tiny`` / ``tiny-smoke`` -> its folder under ``data/`` (checksum verified); a folder -> itself; else a
-    hub id."""
-    if backbone in NAMED_CHECKPOINTS:
-        folder = data_dir() / f"{backbone.replace('tiny', 'tiny-vlm', 1)}"
-        if not (folder / "config.json").exists():
-            raise CheckpointError(f"the {backbone} checkpoint is not in {folder}: build it with "
-                                  f"`comalite build-tiny{' --smoke' if backbone == 'tiny-smoke' else ''}`")
-        verify_checksums(folder, required=True)
-        return folder
-    path = Path(backbone).expanduser()
-    if path.exists():
-        if not (path / "config.json").exists():
-            raise CheckpointError(f"{path} has no config.json: not a transformers checkpoint folder. Point "
-                                  "model.backbone at the folder that holds config.json and the weights.")
-        return path
-    if backbone.startswith((".", "/", "~")):
-        raise CheckpointError(f"checkpoint folder {backbone} does not exist: fix model.backbone")
-    return backbone
-
-
-def verify_checksums(folder: Path, *, required: bool = False) -> None:
-    """Check every file listed in ``folder/CHECKSUMS`` (``<sha256>  <name>`` lines, as ``sha256sum`` writes
-    them; blank lines are skipped): a shipped checkpoint must be the one its report describes.
-
-    A file that is missing or whose sha256 differs, a malformed line, or (``required``: the named ``tiny`` /
-    ``tiny-smoke`` checkpoints) a missing listing raise ``ChecksumError``, one line naming the file and how
-    to restore it. Never a rebuild: the files may be tracked ones, and a rebuild would hide the damage.
-    """
-    folder = Path(folder)
-    listing = folder / CHECKSUMS
-    shipped = repo_dir() is not None and folder.resolve().parent == (repo_dir() / "data").resolve()
-    smoke = " --smoke" if folder.name.endswith("-smoke") else ""
-    fix = (f"restore it with `git checkout data/{folder.name}`" if shipped else
-           f"rebuild the checkpoint with `comalite build-tiny{smoke}` ({'a minute' if smoke else 'an hour on a CPU'})"
-           f", or copy data/{folder.name} from a comalite checkout")
-    if not listing.exists():
-        if required:
-            raise ChecksumError(f"{listing} is missing, so the weights in {folder} cannot be verified: {fix}")
-        return
-    try:
-        lines = listing.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ChecksumError(f"{listing}: cannot read it ({err}): {fix}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        parts = line.split(maxsplit=1)
-        expected = parts[0].lower()
-        name = parts[1].strip().lstrip("*") if len(parts) == 2 else ""  # sha256sum marks binary mode with '*'
-        if (len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected) or not name
-                or Path(name).is_absolute() or ".." in Path(name).parts):
-            raise ChecksumError(f"{listing}, line {number}: expected '<64 hex digits>  <file name>', got "
-                                f"{line[:80]!r}: {fix}")
-        path = folder / name
-        if not path.is_file():
-            raise ChecksumError(f"{path} is missing (listed in {listing}): {fix}")
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(2**20), b""):
-                digest.update(block)
-        if digest.hexdigest() != expected:
-            raise ChecksumError(f"{path} is corrupt or was changed: its sha256 is {digest.hexdigest()}, {listing} "
-                                f"expects {expected}: {fix}")
-    if required and not any(line.strip() for line in lines):
-        raise ChecksumError(f"{listing} lists no files, so the weights in {folder} cannot be verified: {fix}")
-
-
-def checkpoint_fingerprint(backbone: str) -> str:
-    """A hash of what a checkpoint holds: its config and weight files (a hub id stands for itself)."""
-    folder = resolve_checkpoint(backbone)
-    if not isinstance(folder, Path):
-        return f"hub:{folder}"
-    files = [p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".model", ".txt")]
-    return files_fingerprint(files)
-
-
 def use_cpu_threads(n: int) -> None:
     """Torch's CPU threads: ``n``, else ``$COMALITE_CPU_THREADS``, else every core (the one place they are set).
 
@@ -156,15 +71,6 @@ def use_cpu_threads(n: int) -> None:
     n = n or int(os.environ.get("COMALITE_CPU_THREADS", 0)) or os.cpu_count() or 1
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
-
-
-def _offline_error(backbone: str, err: Exception) -> CheckpointError:
-    return CheckpointError(
-        f"could not load checkpoint '{backbone}': it is not a local folder and could not be fetched from the "
-        f"Hugging Face hub ({type(err).__name__}: {err}). Offline? Download it once where there is network "
-        f"(`huggingface-cli download {backbone} --local-dir /some/folder`) and pass the folder instead: "
-        f"`--set model.backbone=/some/folder`."
-    )
 
 
 def lora_config(cfg: ModelConfig) -> LoraConfig:
@@ -342,7 +248,7 @@ def load_backbone(cfg: ModelConfig, *, adapters: list[tuple[str, str | Path]] = 
                                                 min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
         hf_config = transformers.AutoConfig.from_pretrained(str(checkpoint))
     except OSError as err:
-        raise _offline_error(cfg.backbone, err) from err
+        raise offline_error(cfg.backbone, err) from err
     if hf_config.model_type not in MODEL_CLASSES:
         raise CheckpointError(f"{cfg.backbone} is a '{hf_config.model_type}' model; comalite supports "
                               f"{', '.join(MODEL_CLASSES)} (Qwen2-VL and Qwen2.5-VL)")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .config import load_config, preset_names
 from .errors import ComaliteError
+from .stages import for_init
 
 
 def _config(args):
@@ -94,7 +95,7 @@ def cmd_build_tiny(args) -> None:
 def cmd_stage(args) -> None:
     cfg = _config(args)
     # `stage2 --set stage2.init=backbone` is the contrastive-only baseline (its own folder), not CoMa's stage 2.
-    stage = "contrastive_only" if args.command == "stage2" and cfg.stage2.init == "backbone" else args.command
+    stage = for_init(cfg.stage2.init).name if args.command == "stage2" else args.command
     folder = _pipeline().ensure_stage(cfg, stage, overwrite=args.overwrite)
     from .result import read_result
 
@@ -174,7 +175,7 @@ def cmd_experiment(args) -> None:
 
 
 def cmd_stage1_data(args) -> None:
-    from .data.dialogues import build_stage1_data
+    from .stage1_data import build_stage1_data
 
     _one_process("stage1-data")
     _writable_folder(Path(args.out).absolute().parent)

@@ -23,21 +23,23 @@ from pathlib import Path
 
 import yaml
 
+from .bounds import check_sizes
 from .errors import ConfigError
 from .paths import data_dir, home_dir
+from .pooling import POOLINGS
 from .records import META_TASKS
 
+LANGUAGES = (1, 2)
+"""ShapesWorld's question languages (``data.language``): 1 = as the shipped tiny VLM was built (a question drawn
+uniformly among a type's questions, so answers follow the scene's statistics: "no" for most places and
+colour/shape combinations, "zero" for most colours); 2 = balanced answers and leak-free dialogues
+(``comalite.shapesworld.asking``)."""
 
-LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-"""The language model's linear layers LoRA can adapt (``model.lora_targets``; ``comalite.backbone.lora_config``)."""
-MAX_COMPRESS = 1024
-"""Most compression tokens ``model.n_compress`` may ask for: the paper tries up to 64, and every one lengthens
-every sequence (the attention mask grows as the square of the length)."""
-MAX_SEQUENCE_LENGTH = 32768
-"""Largest ``stage1.max_length`` / ``model.embed_max_length``: Qwen2-VL's context; one sequence's (L x L)
-attention mask alone is 1 GiB there."""
-TOKEN_PIXELS = 28 * 28
-"""Pixels per LLM image token (a merged 2x2 group of 14-pixel patches)."""
+BOOKKEEPING = ("root", "image_root", "backbone", "dialogues", "device", "cpu_threads", "vision_cache_mb",
+               "save_every", "log_every")
+"""Settings that never change what a run learns: where its inputs are (their content is fingerprinted
+instead), where it runs and how it is kept. A run record leaves them out (``comalite.runs``), so they may change
+between a run and its resume; a lesson's overrides of them keep the preset's run folder (``comalite.lesson``)."""
 
 
 @dataclass
@@ -95,6 +97,8 @@ class DataConfig:
     n_train_per_subset: int = 1000
     n_eval_queries: int = 100
     n_candidates: int = 10
+    language: int = 1                 # ShapesWorld question language: 1 = as the shipped tiny VLM was built;
+                                      # 2 = balanced answers, leak-free dialogues (comalite.shapesworld.asking)
 
 
 @dataclass
@@ -118,7 +122,7 @@ class Stage1Config:
 @dataclass
 class WriterConfig:
     """The VLM that writes stage-1 dialogues for real images (``comalite stage1-data``,
-    ``comalite.data.dialogues``): questions about each image, then their answers in one chat."""
+    ``comalite.stage1_data``): questions about each image, then their answers in one chat."""
 
     backbone: str = ""                # "" = model.backbone; the model that writes and answers (paper: Qwen2.5-VL-7B)
     quantization: str = ""            # "" = model.quantization; "nf4" or "none"
@@ -156,10 +160,12 @@ class Stage2Config:
     subset_caps: dict[str, int] = field(default_factory=dict)  # rows per named subset; wins over per_subset_cap
     sub_batch_size: int = 64          # pairs per same-subset sub-batch (0 = fully mixed batches)
     chunk_size: int = 8               # GradCache chunk (sequences encoded at once)
+    loss: str = "infonce"             # a name in comalite.loss.LOSSES (InfoNCE, the paper's)
     temperature: float = 0.03
-    symmetric: bool = False
+    symmetric: bool = False           # InfoNCE: add the target->query direction
     hard_negatives: bool = False      # use the neg_* columns
-    pooling: str = "mean"             # "mean" over compression tokens (paper) or "last"
+    share_hard_negatives: bool = True # one pool of hard negatives for every query (else each query its own)
+    pooling: str = "mean"             # "mean" over compression tokens (paper) or "last" (comalite.pooling)
     train_compress_rows: bool = True
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-5, batch_size=1024, steps=1500))
 
@@ -214,19 +220,20 @@ class Config:
             ("data.source", self.data.source, ("shapesworld", "mmeb")),
             ("stage1.supervise", self.stage1.supervise, ("answers", "all")),
             ("stage2.init", self.stage2.init, ("stage1", "backbone")),
-            ("stage2.pooling", self.stage2.pooling, ("mean", "last")),
+            ("stage2.pooling", self.stage2.pooling, tuple(POOLINGS)),
+            ("data.language", self.data.language, LANGUAGES),
             ("stage1.too_long", self.stage1.too_long, ("refuse", "truncate")),
             ("model.embed_too_long", self.model.embed_too_long, ("refuse", "truncate")),
         ):
             if value not in choices:
-                raise ConfigError(f"{where}={value!r}: choose one of {', '.join(choices)}")
+                raise ConfigError(f"{where}={value!r}: choose one of {', '.join(map(str, choices))}")
         for where, value in (("model.n_compress", self.model.n_compress), ("stage1.heldout", self.stage1.heldout),
                              ("stage2.chunk_size", self.stage2.chunk_size), ("eval.batch_size", self.eval.batch_size)):
             if value < 1:
                 raise ConfigError(f"{where}={value}: must be at least 1")
         if self.stage2.temperature <= 0:
             raise ConfigError(f"stage2.temperature={self.stage2.temperature}: must be > 0")
-        self._validate_sizes()
+        check_sizes(self)
         caps = {"stage2.per_subset_cap": self.stage2.per_subset_cap,
                 **{f"stage2.subset_caps.{name}": cap for name, cap in self.stage2.subset_caps.items()}}
         for where, cap in caps.items():
@@ -251,80 +258,14 @@ class Config:
         if s1.batch_size % s1.grad_accum:
             raise ConfigError(f"stage1.train.batch_size={s1.batch_size} is not divisible by "
                               f"stage1.train.grad_accum={s1.grad_accum}")
+        if self.stage2.train.grad_accum != 1:  # accumulation would shrink the pool of in-batch negatives
+            raise ConfigError(f"stage2.train.grad_accum={self.stage2.train.grad_accum}: stage 2 does not accumulate "
+                              "(each part would only see its own negatives); bound memory with stage2.chunk_size "
+                              "(GradCache: the same gradients as the whole batch)")
         sub, batch = self.stage2.sub_batch_size, self.stage2.train.batch_size
         if sub and (sub > batch or batch % sub):
             raise ConfigError(f"stage2.sub_batch_size={sub} must divide stage2.train.batch_size={batch} (0: mixed)")
         return self
-
-
-    def _validate_sizes(self) -> None:
-        """Numbers that are not finite, sizes below their floor, and the memory-relevant sizes against sane
-        limits (``MAX_COMPRESS``, ``MAX_SEQUENCE_LENGTH``): every one is answered here, before any model loads."""
-        for where, value in _floats(self):
-            if not math.isfinite(value):
-                raise ConfigError(f"{where}={value}: must be a finite number")
-        m, d = self.model, self.data
-        if m.n_compress > MAX_COMPRESS:
-            raise ConfigError(f"model.n_compress={m.n_compress}: at most {MAX_COMPRESS} (the paper uses 1-64). Every "
-                              "compression token lengthens every sequence, and the attention mask grows as the square "
-                              "of the length")
-        for where, value in (("model.lora_r", m.lora_r), ("data.n_stage1_images", d.n_stage1_images),
-                             ("data.n_train_per_subset", d.n_train_per_subset),
-                             ("data.n_eval_queries", d.n_eval_queries)):
-            if value < 1:
-                raise ConfigError(f"{where}={value}: must be at least 1")
-        for where, value in (("model.cpu_threads", m.cpu_threads), ("model.vision_cache_mb", m.vision_cache_mb),
-                             ("stage1.max_dialogues", self.stage1.max_dialogues),
-                             ("eval.max_queries", self.eval.max_queries)):
-            if value < 0:
-                raise ConfigError(f"{where}={value}: must be at least 0 (0 = no limit)" if "max_" in where
-                                  else f"{where}={value}: must be at least 0")
-        if m.lora_alpha <= 0 or not 0 <= m.lora_dropout < 1:
-            raise ConfigError(f"model.lora_alpha={m.lora_alpha}, model.lora_dropout={m.lora_dropout}: give "
-                              "lora_alpha > 0 and 0 <= lora_dropout < 1")
-        unknown = [t for t in m.lora_targets if t not in LM_PROJECTIONS]
-        if unknown or not m.lora_targets:
-            close = difflib.get_close_matches(unknown[0], LM_PROJECTIONS, n=1, cutoff=0.8) if unknown else []
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"model.lora_targets={','.join(m.lora_targets)!r}: "
-                              + (f"{unknown[0]!r} is not a projection of the language model{hint}"
-                                 if unknown else "name at least one projection")
-                              + f"; choose from {', '.join(LM_PROJECTIONS)}")
-        if d.image_size < 28 or d.image_size % 28:
-            raise ConfigError(f"data.image_size={d.image_size}: ShapesWorld renders images whose side is a positive "
-                              "multiple of 28 (Qwen2-VL's merged patch), e.g. 112")
-        if d.n_candidates < 2:
-            raise ConfigError(f"data.n_candidates={d.n_candidates}: must be at least 2 (the ground truth and one "
-                              "other; with one candidate every query scores Precision@1 = 1)")
-        if d.n_eval_queries < d.n_candidates:
-            raise ConfigError(f"data.n_eval_queries={d.n_eval_queries} must be at least data.n_candidates="
-                              f"{d.n_candidates}: retrieval candidates come from the other queries")
-        for where, names in (("eval.datasets", self.eval.datasets), ("stage2.subsets", self.stage2.subsets)):
-            twice = sorted({n for n in names if names.count(n) > 1})
-            if twice:
-                raise ConfigError(f"{where} names {', '.join(repr(n) for n in twice)} more than once: give each "
-                                  "name once")
-        image_tokens = m.max_pixels // TOKEN_PIXELS + 2  # the vision span: its tokens, <|vision_start|>, <|vision_end|>
-        for where, length in (("stage1.max_length", self.stage1.max_length),
-                              ("model.embed_max_length", m.embed_max_length)):
-            if not 1 <= length <= MAX_SEQUENCE_LENGTH:
-                raise ConfigError(f"{where}={length}: must be between 1 and {MAX_SEQUENCE_LENGTH:,} tokens (Qwen2-VL's "
-                                  "context; the attention mask of one sequence grows as the square of its length)")
-            if image_tokens + m.n_compress > length:
-                raise ConfigError(f"{where}={length}: an image at model.max_pixels={m.max_pixels} takes up to "
-                                  f"{image_tokens} tokens and model.n_compress={m.n_compress} more, so no input "
-                                  f"with an image would fit: raise {where} or lower model.max_pixels / "
-                                  "model.n_compress")
-
-
-def _floats(obj, section: str = ""):
-    """``(setting, value)`` of every float setting under ``obj``."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            yield from _floats(value, f"{section}{f.name}.")
-        elif isinstance(value, float):
-            yield f"{section}{f.name}", value
 
 
 def _update(obj, values: dict, source: str, section: str = "") -> None:

@@ -2,7 +2,8 @@
 
 Every input (query or candidate, image, text or both) ends with the K compression tokens; its embedding
 is the mean of their last-layer hidden states, L2-normalised (the paper's training default). The LM head
-is never computed. ``pooling="last"`` takes the last token instead (what the public eval script did).
+is never computed. ``pooling="last"`` takes the last token instead (what the public eval script did); the
+methods live in ``comalite.pooling``.
 
 ``EmbeddingModel.encode`` is the user's entry point: texts, images (files or PIL images) and mixed inputs
 in, a float32 matrix of unit rows out.
@@ -20,32 +21,27 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .backbone import Backbone, checkpoint_fingerprint
+from .backbone import Backbone
+from .checkpoints import checkpoint_fingerprint
 from .data.images import IMAGE_SUFFIXES
 from .errors import InputError
 from .fingerprint import digest, tensors_fingerprint
 from .progress import progress_bar
 from .records import IMAGE_PLACEHOLDER, EmbedInput
-from .result import load_result, model_config_of, read_result
-from .sequence import COMPRESS, PAD, collate, embed_example
+from .result import load_result, model_config_of, pooling_of
+from .pooling import get_pooling
+from .roles import COMPRESS
+from .sequence import collate, embed_example
 
 
 def pool(hidden: torch.Tensor, roles: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """(B, L, H) hidden states -> (B, H) unit vectors, from the compression positions (or the last token)."""
+    """(B, L, H) hidden states -> (B, H) unit vectors, pooled by the registered method ``pooling``
+    (``comalite.pooling``: the mean over the compression positions, or the last token)."""
+    method = get_pooling(pooling)
     roles = roles.to(hidden.device)
-    if pooling == "mean":
-        weights = (roles == COMPRESS).to(hidden.dtype)
-        if not bool((weights.sum(1) > 0).all()):
-            raise ValueError("an input has no compression token to pool: was it built with embed_example?")
-        pooled = (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
-    elif pooling == "last":
-        # The last non-padding position, wherever the padding sits.
-        positions = torch.arange(roles.shape[1], device=hidden.device).expand_as(roles)
-        last = torch.where(roles != PAD, positions, -1).max(1).values
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    else:
-        raise ValueError(f"pooling must be 'mean' or 'last', not {pooling!r}")
-    return F.normalize(pooled.float(), dim=-1)
+    if method.needs_compression and not bool((roles == COMPRESS).any(1).all()):
+        raise ValueError("an input has no compression token to pool: was it built with embed_example?")
+    return F.normalize(method.pool(hidden, roles).float(), dim=-1)
 
 
 def _examples(backbone: Backbone, inputs: list[EmbedInput]) -> list:
@@ -179,10 +175,8 @@ class EmbeddingModel:
         """Load a stage-1 or stage-2 result folder (``comalite.result``) for embedding, with the pooling and
         model settings it was trained with (``model_overrides``: where it runs, e.g. ``device="cpu"``)."""
         result_dir = Path(result_dir)
-        settings = read_result(result_dir)["settings"]
         backbone = load_result(result_dir, model_cfg=model_config_of(result_dir, **model_overrides))
-        return cls(backbone.eval(), name or result_dir.name, pooling=settings.get("pooling", "mean"),
-                   batch_size=batch_size)
+        return cls(backbone.eval(), name or result_dir.name, pooling=pooling_of(result_dir), batch_size=batch_size)
 
     @property
     def dim(self) -> int:

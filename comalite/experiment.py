@@ -35,6 +35,7 @@ from .paths import repo_dir
 from .pipeline import ensure_stage, evaluate_models, stage_config
 from .result import read_result
 from .runs import differences, run_lock
+from .stages import CONTRASTIVE_ONLY, STAGE2, Stage
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ class Cell:
     split: str = "all"
 
     @property
-    def stage(self) -> str:
-        return "contrastive_only" if ARMS[self.arm] is None else "stage2"
+    def stage(self) -> Stage:
+        return CONTRASTIVE_ONLY if ARMS[self.arm] is None else STAGE2
 
     def label(self) -> str:
         return "-".join(x for x in (self.arm, self.variant, self.split if self.split != "all" else "") if x)
@@ -85,27 +86,28 @@ def cell_config(preset: str, overrides: tuple[str, ...], cell: Cell, root: Path)
 def _shared_stage1(cfg: Config, cell: Cell, root: Path) -> None:
     """Stage 1 does not depend on the stage-2 budget or split: one run per arm, variant and seed, linked into
     every budget's run folder (its record matches there, so it is reused, never retrained)."""
-    if cell.stage != "stage2":
+    if not cell.stage.inherits:
         return
     shared = root / "stage1" / "-".join(x for x in (cell.arm, cell.variant) if x) / f"seed{cell.seed}"
-    ensure_stage(dataclasses.replace(cfg, out_dir=str(shared)), "stage1")
-    link = cfg.run_dir() / "stage1"
+    ensure_stage(dataclasses.replace(cfg, out_dir=str(shared)), cell.stage.inherits)
+    link = cfg.run_dir() / cell.stage.inherits
     if not link.exists():
         link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(shared / "stage1", link)
+        os.symlink(shared / cell.stage.inherits, link)
 
 
 def run_cell(preset: str, overrides: tuple[str, ...], cell: Cell, root: Path) -> dict:
     """Train (or reuse) and evaluate one cell; returns its scores, aggregates and training seconds."""
     cfg = cell_config(preset, overrides, cell, root)
     _shared_stage1(cfg, cell, root)
-    folder = ensure_stage(cfg, cell.stage)
-    results = evaluate_models(stage_config(cfg, cell.stage), [cell.stage])
+    stage = cell.stage.name
+    folder = ensure_stage(cfg, stage)
+    results = evaluate_models(stage_config(cfg, stage), [stage])
     seconds = read_result(folder)["metrics"]["train_seconds"]
-    if cell.stage == "stage2":
-        seconds += read_result(cfg.run_dir() / "stage1")["metrics"]["train_seconds"]
-    return {**dataclasses.asdict(cell), "scores": results["scores"][cell.stage],
-            "aggregates": results["aggregates"][cell.stage], "train_seconds": seconds,
+    if cell.stage.inherits:
+        seconds += read_result(cfg.run_dir() / cell.stage.inherits)["metrics"]["train_seconds"]
+    return {**dataclasses.asdict(cell), "scores": results["scores"][stage],
+            "aggregates": results["aggregates"][stage], "train_seconds": seconds,
             "stage2_seconds_per_step": read_result(folder)["metrics"]["train_seconds"] / cell.steps,
             "n_queries": {d["name"]: d["n_queries"] for d in results["datasets"]}}
 

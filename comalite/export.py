@@ -29,13 +29,15 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write_json, atomic_write_text
-from .backbone import MODEL_CLASSES, NAMED_CHECKPOINTS, resolve_checkpoint
+from .backbone import MODEL_CLASSES
+from .checkpoints import NAMED_CHECKPOINTS, resolve_checkpoint
 from .compression import CompressionTokens
 from .embedding import IMAGE_INSTRUCTION
 from .errors import ComaliteError
+from .pooling import get_pooling
 from .processor import IMAGE_PAD, VISION_END, VISION_START, VLProcessor, compression_token
 from .records import IMAGE_PLACEHOLDER
-from .result import model_config_of, read_result
+from .result import model_config_of, pooling_of, read_result, verify_weights
 
 EXPORT_INFO = "comalite_embedding.json"
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -82,9 +84,6 @@ image_vectors = embed([{image_text}], [Image.open("photo.png").convert("RGB")]) 
 '''
 """The model card's snippet, filled in per export (``usage_snippet``); the tests run it as written."""
 
-POOLED = {"mean": ("hidden[:, -K:].mean(1)", "the embedding is the mean of their last hidden states"),
-          "last": ("hidden[:, -1]", "the embedding is the last one's last hidden state")}
-"""Pooling as the snippet writes it: inputs are left-padded, so the last K positions are the compression tokens."""
 
 DTYPES = {"auto": 'torch.bfloat16 if DEVICE == "cuda" and torch.cuda.is_bf16_supported() else torch.float32',
           "bf16": "torch.bfloat16", "fp16": "torch.float16", "fp32": "torch.float32"}
@@ -175,9 +174,9 @@ def usage_snippet(export: str, base: str, *, model_class: str, k: int, pooling: 
     nf4 = quantization == "nf4"
     return SNIPPET.format(
         export=json.dumps(export), base=json.dumps(base), model_class=model_class, k=k, dtype=DTYPES[dtype],
-        nf4=NF4 if nf4 else "", fp32_4bit=FP32_4BIT if nf4 else "", pooled=POOLED[pooling][0],
+        nf4=NF4 if nf4 else "", fp32_4bit=FP32_4BIT if nf4 else "", pooled=get_pooling(pooling).snippet,
         quantization=", quantization_config=nf4" if nf4 else "",
-        pooling_comment=POOLED[pooling][1], placeholder=IMAGE_PLACEHOLDER, image_text=repr(IMAGE_INSTRUCTION),
+        pooling_comment=f"the embedding is {get_pooling(pooling).words}", placeholder=IMAGE_PLACEHOLDER, image_text=repr(IMAGE_INSTRUCTION),
         vision_start=VISION_START, image_pad=IMAGE_PAD, vision_end=VISION_END)
 
 
@@ -213,8 +212,9 @@ def export_model(result_dir: str | Path, out_dir: str | Path, *, base: str | Non
     result_dir, out_dir = Path(result_dir), Path(out_dir)
     _check_base(base)
     info = read_result(result_dir)
+    verify_weights(result_dir, info)  # a damaged adapter must not be merged into an export silently
     cfg = model_config_of(result_dir)
-    pooling = info["settings"].get("pooling", "mean")
+    pooling = pooling_of(result_dir, info)
     _replaceable(out_dir)
     checkpoint = resolve_checkpoint(cfg.backbone)
     base = base or (str(checkpoint) if cfg.backbone in NAMED_CHECKPOINTS else cfg.backbone)
@@ -240,8 +240,7 @@ def export_model(result_dir: str | Path, out_dir: str | Path, *, base: str | Non
     card = CARD.format(
         name=out_dir.name, stage=info["stage"], base=base, source=result_dir, placeholder=IMAGE_PLACEHOLDER, k=k,
         last=k - 1, rank=rank, stack=" + ".join(name for name, _ in info["adapters"]), snippet=snippet,
-        pooling_words="the mean of the K compression tokens' hidden states" if pooling == "mean"
-        else "the hidden state of the last token (the last compression token)",
+        pooling_words=get_pooling(pooling).words,
         quantization_words="in 4-bit nf4 (double quant, vision tower and LM head unquantised)"
         if cfg.quantization == "nf4" else "unquantised", min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     embedding_info = {

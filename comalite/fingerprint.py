@@ -33,17 +33,32 @@ def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def sha256_file(path: str | Path) -> str:
+    """The full sha256 of a file's content, read in 1 MiB blocks (the one place files are hashed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str, listing: Path, fix: str, error: type[Exception]) -> None:
+    """Raise ``error`` naming ``path`` when it is missing or its sha256 is not the ``expected`` one that
+    ``listing`` (a ``CHECKSUMS`` file, a ``result.json``) records; ``fix`` says what to do."""
+    if not path.is_file():
+        raise error(f"{path} is missing (listed in {listing}): {fix}")
+    found = sha256_file(path)
+    if found != expected:
+        raise error(f"{path} is corrupt or was changed: its sha256 is {found}, {listing} expects {expected}: {fix}")
+
+
 def file_fingerprint(path: str | Path) -> str:
     """A file's content hash (or, above ``FINGERPRINT_BYTES``, its size and modification time)."""
     path = Path(path)
     stat = path.stat()
     if stat.st_size > FINGERPRINT_BYTES:
         return f"size{stat.st_size}-mtime{stat.st_mtime_ns}"
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return sha256_file(path)[:16]
 
 
 def files_fingerprint(paths) -> str:
@@ -78,14 +93,10 @@ _THREADS = 8  # hashlib and file reads release the GIL: a few threads hide the l
 
 def content_hash(path: str | Path) -> str:
     """The hash of a file's whole content (any size), or ``MISSING``."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(2**20), b""):
-                h.update(block)
+        return sha256_file(path)[:16]
     except OSError:
         return MISSING
-    return h.hexdigest()[:16]
 
 
 def _stat(path: str) -> list[int] | None:

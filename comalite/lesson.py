@@ -28,21 +28,15 @@ from pathlib import Path
 import pandas as pd
 import transformers
 
-from .config import Config, load_config
+from .config import BOOKKEEPING, Config, load_config
 from .paths import figures_dir, repo_dir
 from .progress import progress_enabled
 from .runs import flatten
-from .sequence import CONTEXT, ROLE_NAMES
+from .roles import CONTEXT, ROLE_NAMES
 from .viz import SAVE_DPI, role_segments
 
 COMMITTED_PRESET = "tiny"
 """The preset whose lesson figures are the committed ones in ``docs/figures``."""
-
-WHERE_SETTINGS = ("root", "image_root", "backbone", "dialogues", "device", "cpu_threads", "vision_cache_mb",
-                  "save_every", "log_every")
-"""Settings that say where things are or how a run is kept, not what it learns: overriding them keeps the
-preset's run folder (``eval.*`` and ``name``/``out_dir`` never rename either)."""
-
 
 @dataclass
 class Lesson:
@@ -103,10 +97,10 @@ def lesson_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> C
 
 def _learned_settings(cfg: Config) -> dict:
     """The settings of the sections a stage learns from (model, data, stage 1, stage 2), flattened, without
-    the ``WHERE_SETTINGS``."""
+    ``config.BOOKKEEPING``."""
     sections = ("model", "data", "stage1", "stage2")
     tree = flatten({section: dataclasses.asdict(getattr(cfg, section)) for section in sections})
-    return {k: v for k, v in tree.items() if k.rsplit(".", 1)[-1] not in WHERE_SETTINGS}
+    return {k: v for k, v in tree.items() if k.rsplit(".", 1)[-1] not in BOOKKEEPING}
 
 
 def _short_warning(message, category, filename, lineno, line=None) -> str:

@@ -14,12 +14,18 @@ columns. By default they form one shared pool: every query is scored against eve
 the batch, exactly as if they were targets with no query of their own. That is what VLM2Vec-style
 trainers do, and it gives each query B*N more negatives at the cost of one more matmul. With
 ``share_hard_negatives=False`` each query only sees its own N hard negatives.
+
+Stage 2 builds its loss by name (``stage2.loss``) from ``LOSSES``: a new loss is one ``register_loss`` here.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from .errors import ConfigError
 
 
 def similarity_logits(
@@ -137,3 +143,28 @@ class InfoNCELoss(torch.nn.Module):
             backward_logits = similarity_logits(target, query, temperature=self.temperature)
             loss = (loss + F.cross_entropy(backward_logits, labels)) / 2
         return loss
+
+
+LOSSES: dict[str, Callable] = {}
+"""Stage-2 losses by name (``stage2.loss``): each builds its module from the ``Stage2Config``. Every loss takes
+(query, target, hard_negatives) embeddings of this process's share and gathers across processes itself."""
+
+
+def register_loss(name: str):
+    def add(build: Callable) -> Callable:
+        LOSSES[name] = build
+        return build
+    return add
+
+
+def make_loss(stage2_cfg) -> torch.nn.Module:
+    """The loss ``stage2_cfg.loss`` names, built from its settings; an unknown name is a ``ConfigError``."""
+    if stage2_cfg.loss not in LOSSES:
+        raise ConfigError(f"stage2.loss={stage2_cfg.loss!r}: choose one of {', '.join(LOSSES)}")
+    return LOSSES[stage2_cfg.loss](stage2_cfg)
+
+
+@register_loss("infonce")
+def _infonce(s2) -> InfoNCELoss:
+    return InfoNCELoss(temperature=s2.temperature, symmetric=s2.symmetric, gather_across_devices=True,
+                       share_hard_negatives=s2.share_hard_negatives)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .sequence import ANSWER, CONTEXT, QUESTION
+from .roles import ANSWER, CONTEXT, QUESTION
 
 
 def attention_allowed(roles: torch.Tensor, attention_mask: torch.Tensor, *,

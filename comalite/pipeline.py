@@ -18,12 +18,13 @@ import json
 import logging
 from pathlib import Path
 
-from .backbone import load_backbone, resolve_checkpoint
+from .backbone import load_backbone
+from .checkpoints import named_checkpoint_dir, resolve_checkpoint
 from .config import Config, load_config
 from .data.sources import ensure_data, eval_datasets, train_pairs
 from .distributed import barrier, is_writer
 from .embedding import EmbeddingModel
-from .errors import CheckpointError, ChecksumError, ConfigError
+from .errors import CheckpointError, ChecksumError
 from .eval import evaluate
 from .eval.report import check_saved, merged_with_saved, save_results
 from .eval.registry import dataset_info
@@ -31,11 +32,11 @@ from .paths import data_dir
 from .result import read_result
 from .runs import run_lock
 from .stage1 import run_stage1
-from .stage2 import run_stage2
+from .stage2 import check_batches, run_stage2, split_heldout
+from .stages import STAGE1, STAGES, get_stage
 from .tiny.build import TinyConfig, build_tiny_vlm
 
 log = logging.getLogger(__name__)
-STAGES = ("stage1", "stage2", "contrastive_only")
 MODEL_NAMES = ("base", "stage1", "contrastive_only", "stage2")
 TINY_BUILDS = {"tiny": ("tiny", TinyConfig), "tiny-smoke": ("tiny-smoke", TinyConfig.smoke)}
 """Checkpoints built by ``comalite build-tiny``: backbone name -> (preset whose data stage 0 reads, recipe)."""
@@ -64,7 +65,7 @@ def ensure_backbone(cfg: Config) -> Path | str:
 def build_tiny(name: str = "tiny") -> Path:
     """Build the tiny VLM called ``name`` (``tiny`` or ``tiny-smoke``) into ``data/``, replacing it."""
     preset, recipe = TINY_BUILDS[name]
-    out = data_dir() / name.replace("tiny", "tiny-vlm", 1)
+    out = named_checkpoint_dir(name)
     log.warning("building the %s VLM into data/%s (%s on a CPU)", name, out.name,
                 "a minute" if name == "tiny-smoke" else "an hour")
     data_cfg = load_config(preset)
@@ -74,11 +75,9 @@ def build_tiny(name: str = "tiny") -> Path:
 
 def stage_config(cfg: Config, stage: str) -> Config:
     """``cfg`` as the given stage runs it: ``contrastive_only`` is stage 2 started from the backbone."""
-    if stage not in STAGES:
-        raise ConfigError(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
-    if stage == "stage1":
+    init = get_stage(stage).init
+    if init is None:
         return cfg
-    init = "stage1" if stage == "stage2" else "backbone"
     return dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, init=init))
 
 
@@ -97,11 +96,12 @@ def ensure_stage(cfg: Config, stage: str, *, overwrite: bool = False) -> Path:
     cfg = stage_config(cfg, stage)
     prepare(cfg)
     ensure_data(cfg)  # training reads data.root: ask for it before anything else
-    if stage == "stage1":
+    if stage == STAGE1.name:
         return run_stage1(cfg, overwrite=overwrite)
-    if stage == "stage2":
-        train_pairs(cfg)  # a bad training file is reported now, not after stage 1 has trained
-        ensure_stage(cfg, "stage1")
+    inherits = get_stage(stage).inherits
+    if inherits:  # a bad training file or stage-2 setting is reported now, not after stage 1 has trained
+        check_batches(cfg, split_heldout(train_pairs(cfg))[0])
+        ensure_stage(cfg, inherits)
     return run_stage2(cfg, overwrite=overwrite)
 
 

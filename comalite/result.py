@@ -14,19 +14,17 @@ checked to be complete).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import shutil
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from .atomic import atomic_write_json
+from .atomic import atomic_write_json, read_json_object
 from .backbone import Backbone, load_backbone
 from .compression import FILENAME as COMPRESSION_FILE
 from .config import ModelConfig
 from .errors import ComaliteError, CorruptFileError
-from .fingerprint import files_fingerprint
+from .fingerprint import files_fingerprint, sha256_file, verify_sha256
 
 RESULT_FILE = "result.json"
 
@@ -62,14 +60,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
 """The files of an adapter folder that make the model (weights and configs; not peft's README)."""
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weight_files(folder: str | Path, stack: list) -> list[str]:
     """The weight files of a result folder, relative to it: the compression rows, then each adapter's files."""
     folder = Path(folder)
@@ -92,14 +82,8 @@ def read_result(folder: str | Path) -> dict:
     if not path.exists():
         raise ComaliteError(f"{path} not found: {folder} is not a finished comalite result folder "
                             "(did the stage finish? rerunning it resumes from its checkpoint)")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorruptFileError(f"{path}: not valid JSON ({err}): the file is truncated or corrupt; "
-                               f"{_redo(folder)}") from None
-    if not isinstance(info, dict):
-        raise CorruptFileError(f"{path}: holds a JSON {type(info).__name__}, not a comalite result (an object "
-                               f"with model, adapters, ...); {_redo(folder)}")
+    info = read_json_object(path, "a comalite result (an object with model, adapters, ...)",
+                            f"the file is truncated or corrupt: {_redo(folder)}")
     if "sha256" in info and not isinstance(info["sha256"], dict):
         raise CorruptFileError(f"{path}: its 'sha256' entry is not a mapping of file -> hash; {_redo(folder, info)}")
     return info
@@ -135,13 +119,7 @@ def verify_weights(folder: str | Path, info: dict | None = None) -> None:
                                        f"{_redo(folder, info)}") from None
         return
     for rel, expected in recorded.items():
-        path = folder / rel
-        if not path.is_file():
-            raise CorruptFileError(f"{path} is missing ({result_file} lists it): {_redo(folder, info)}")
-        found = sha256_file(path)
-        if found != expected:
-            raise CorruptFileError(f"{path} is corrupt or was changed after {result_file} recorded it (sha256 "
-                                   f"{found}, recorded {expected}); {_redo(folder, info)}")
+        verify_sha256(folder / rel, expected, result_file, _redo(folder, info), CorruptFileError)
 
 
 def weights_fingerprint(folder: str | Path) -> str:
@@ -163,6 +141,13 @@ def model_config_of(folder: str | Path, **overrides) -> ModelConfig:
         raise CorruptFileError(f"{folder / RESULT_FILE}: its 'model' settings are incomplete or unknown "
                                f"({type(err).__name__}: {err}); {_redo(folder, info)}") from None
     return dataclasses.replace(saved_cfg, **overrides)
+
+
+def pooling_of(folder: str | Path, info: dict | None = None) -> str:
+    """The pooling a result was trained with (``settings.pooling``; stage 1 records none: ``mean``)."""
+    folder = Path(folder)
+    info = read_result(folder) if info is None else info
+    return _entry(folder, info, "settings", dict).get("pooling", "mean")
 
 
 def load_result(folder: str | Path, *, train_adapter: str | None = None, model_cfg: ModelConfig | None = None,

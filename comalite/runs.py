@@ -20,13 +20,14 @@ import os
 import shutil
 from pathlib import Path
 
-from .atomic import atomic_write_json
-from .backbone import checkpoint_fingerprint
-from .config import Config
+from .atomic import atomic_write_json, read_json_object
+from .checkpoints import checkpoint_fingerprint
+from .config import BOOKKEEPING, Config
 from .data import sources
-from .errors import ComaliteError, RunConflictError, RunLockedError
+from .errors import ComaliteError, CorruptFileError, RunConflictError, RunLockedError
 from .fingerprint import digest, files_fingerprint, images_fingerprint
 from .result import RESULT_FILE, weights_fingerprint
+from .stages import for_init
 from .distributed import barrier, is_writer
 
 RUN_FILE = "run.json"
@@ -58,22 +59,15 @@ def make_record(settings: dict, inputs: dict) -> dict:
 
 def read_record(folder: str | Path) -> dict | None:
     """``folder/run.json``, or None when there is none; a truncated or malformed one is a ``CorruptFileError``."""
-    from .errors import CorruptFileError
-
     folder = Path(folder)
     path = folder / RUN_FILE
     if not path.exists():
         return None
-    fix = (f"delete it and run again with --overwrite (which empties {folder}), or run into another folder "
-           "(--set out_dir=...)")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorruptFileError(f"{path}: not valid JSON ({err}): the run record is truncated or corrupt; "
-                               f"{fix}") from None
-    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), str):
-        what = "no 'fingerprint'" if isinstance(record, dict) else f"a JSON {type(record).__name__}"
-        raise CorruptFileError(f"{path}: holds {what}, not a comalite run record; {fix}")
+    fix = (f"the run record is truncated or corrupt: delete it and run again with --overwrite (which empties "
+           f"{folder}), or run into another folder (--set out_dir=...)")
+    record = read_json_object(path, "a comalite run record", fix)
+    if not isinstance(record.get("fingerprint"), str):
+        raise CorruptFileError(f"{path}: holds no 'fingerprint', not a comalite run record; {fix}")
     return record
 
 
@@ -127,11 +121,6 @@ def run_lock(folder: str | Path):
         handle.close()
 
 
-BOOKKEEPING = ("device", "cpu_threads", "vision_cache_mb", "save_every", "log_every", "dialogues")
-"""Settings that never change a result (where it runs, how often it saves; a data path, whose content is
-fingerprinted instead), left out of a run's record so they can change between a run and its resume."""
-
-
 def _result_settings(section) -> dict:
     return {k: v for k, v in flatten(dataclasses.asdict(section)).items() if k.split(".")[-1] not in BOOKKEEPING}
 
@@ -149,8 +138,9 @@ def stage_record(cfg: Config, stage: str) -> dict:
     root, images = sources.stage_images(cfg, stage)
     inputs = {"backbone": checkpoint_fingerprint(cfg.model.backbone), "data": files_fingerprint(files),
               "images": images_fingerprint(images, root)}
-    if stage == "stage2" and cfg.stage2.init == "stage1":
-        inputs["stage1"] = weights_fingerprint(cfg.run_dir() / "stage1")
+    inherits = for_init(cfg.stage2.init).inherits if stage == "stage2" else None
+    if inherits:
+        inputs[inherits] = weights_fingerprint(cfg.run_dir() / inherits)
     return {**make_record(settings, inputs), "image_root": str(Path(root).resolve())}
 
 

@@ -29,11 +29,10 @@ from .data.images import load_image
 from .errors import DataFormatError
 from .processor import VLProcessor
 from .records import IMAGE_PLACEHOLDER, Dialogue, EmbedInput
+from .roles import ANSWER, COMPRESS, CONTEXT, PAD, QUESTION
 
 log = logging.getLogger(__name__)
 
-PAD, CONTEXT, COMPRESS, QUESTION, ANSWER = -1, 0, 1, 2, 3
-ROLE_NAMES = {PAD: "pad", CONTEXT: "context", COMPRESS: "compress", QUESTION: "question", ANSWER: "answer"}
 
 TRUNCATED: dict[str, set[str]] = {"stage1.max_length": set(), "model.embed_max_length": set()}
 """The inputs cut to fit so far in this process (``too_long="truncate"``), by the setting that cut them; each is

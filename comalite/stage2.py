@@ -24,10 +24,11 @@ from .distributed import barrier, is_writer, local_share, rank, seed_chunk, worl
 from .embedding import encode
 from .errors import ConfigError
 from .gradcache import gradcache_step
-from .loss import InfoNCELoss
+from .loss import make_loss
 from .records import TrainPair
 from .result import load_result, write_result
 from .runs import open_run, stage_record
+from .stages import for_init
 from .trainer import Trainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -88,15 +89,16 @@ def inbatch_accuracy(backbone: Backbone, pairs: list[TrainPair], *, pooling: str
 def load_stage2_backbone(cfg: Config) -> Backbone:
     """CoMa: stage 1's result with a fresh ``stage2`` LoRA on top; or the plain backbone (baseline)."""
     s2 = cfg.stage2
-    if s2.init == "stage1":
-        return load_result(cfg.run_dir() / "stage1", train_adapter="stage2", model_cfg=cfg.model,
+    inherits = for_init(s2.init).inherits
+    if inherits:
+        return load_result(cfg.run_dir() / inherits, train_adapter="stage2", model_cfg=cfg.model,
                            train_compression=s2.train_compress_rows, seed=s2.train.seed)
     return load_backbone(cfg.model, train_adapter="stage2", train_compression=s2.train_compress_rows,
                          seed=s2.train.seed)
 
 
 def stage2_dir(cfg: Config) -> Path:
-    return cfg.run_dir() / ("stage2" if cfg.stage2.init == "stage1" else "contrastive_only")
+    return cfg.run_dir() / for_init(cfg.stage2.init).name
 
 
 def contrastive_step(backbone: Backbone, train: list[TrainPair], cfg: Config) -> Callable[[int], float]:
@@ -110,7 +112,7 @@ def contrastive_step(backbone: Backbone, train: list[TrainPair], cfg: Config) ->
     s2, train_cfg = cfg.stage2, cfg.stage2.train
     sampler = SubBatchSampler([p.subset for p in train], train_cfg.batch_size, s2.sub_batch_size or None,
                               seed=train_cfg.seed)
-    loss_fn = InfoNCELoss(temperature=s2.temperature, symmetric=s2.symmetric, gather_across_devices=True)
+    loss_fn = make_loss(s2)
     first_chunk = rank() * -(-(train_cfg.batch_size // world_size()) // s2.chunk_size)  # this process's first chunk
 
     def step_fn(step: int) -> float:
@@ -135,10 +137,12 @@ def contrastive_step(backbone: Backbone, train: list[TrainPair], cfg: Config) ->
 
 
 def check_batches(cfg: Config, train: list[TrainPair]) -> None:
-    """Settings stage 2 cannot run with, found before any model loads: fewer pairs than one batch; under
-    ``torch.distributed`` a batch that does not split into whole same-subset sub-batches per process, or hard
-    negatives missing for some pair (the gathered pools must have one size on every process)."""
+    """Settings stage 2 cannot run with, found before any model loads: an unknown ``stage2.loss``; fewer pairs
+    than one batch; under ``torch.distributed`` a batch that does not split into whole same-subset sub-batches
+    per process, or hard negatives missing for some pair (the gathered pools must have one size on every
+    process)."""
     s2, n = cfg.stage2, world_size()
+    make_loss(s2)  # an unknown stage2.loss
     if len(train) < s2.train.batch_size:
         raise ConfigError(f"{len(train)} training pairs cannot fill one batch of stage2.train.batch_size="
                           f"{s2.train.batch_size}: lower it or add data")
@@ -156,7 +160,7 @@ def run_stage2(cfg: Config, *, overwrite: bool = False, stop_at: int | None = No
     CoMa needs a finished stage 1 in the same run folder (``comalite.pipeline.ensure_stage`` runs it first).
     Resumes, reuses or refuses exactly like ``run_stage1``.
     """
-    s2, train_cfg = cfg.stage2, cfg.stage2.train
+    s2, train_cfg, stage = cfg.stage2, cfg.stage2.train, for_init(cfg.stage2.init)
     out = stage2_dir(cfg)
     train, heldout = split_heldout(train_pairs(cfg))
     check_batches(cfg, train)
@@ -168,8 +172,7 @@ def run_stage2(cfg: Config, *, overwrite: bool = False, stop_at: int | None = No
         seed_everything(train_cfg.seed)
         before = inbatch_accuracy(backbone, heldout, pooling=s2.pooling)
         step_fn = contrastive_step(backbone, train, cfg)
-        desc = "stage 2" if s2.init == "stage1" else "contrastive only"
-        history = Trainer(backbone.trainable_parameters(), train_cfg, out, step_fn, desc=desc,
+        history = Trainer(backbone.trainable_parameters(), train_cfg, out, step_fn, desc=stage.label,
                           fingerprint=record["fingerprint"]).run(stop_at=stop_at)
         if stop_at is not None and stop_at < train_cfg.steps:
             return out
@@ -179,7 +182,7 @@ def run_stage2(cfg: Config, *, overwrite: bool = False, stop_at: int | None = No
                    "last_loss": history[-1]["loss"], "steps": len(history), "train_pairs": len(train),
                    "train_seconds": sum(h["seconds"] for h in history), "summary": backbone.summary()}
         log.info("stage 2 done: %s", metrics)
-        inherited = cfg.run_dir() / "stage1" if s2.init == "stage1" else None
+        inherited = cfg.run_dir() / stage.inherits if stage.inherits else None
         if is_writer():
             write_result(out, backbone, stage="stage2", settings=dataclasses.asdict(s2), metrics=metrics,
                          run=record, inherited=inherited)

@@ -7,7 +7,8 @@ exactly what an uninterrupted run would have.
 
 Checkpoints (``checkpoint.pt``: trainable weights, optimizer, scheduler, RNG states, step, loss history,
 and the run's fingerprint) are written to a temporary file and moved into place, so a crash mid-write never
-destroys the last good one. A checkpoint is only written once the weights in it have produced a healthy
+destroys the last good one; each also stores a sha256 of everything else in it (``state_hash``: torch itself
+does not notice a flipped byte in tensor data), and a checkpoint that no longer matches it is refused. A checkpoint is only written once the weights in it have produced a healthy
 loss: the periodic save after step ``s`` happens during step ``s + 1``, after its loss is checked and
 before its update. So when a loss is NaN/inf, or jumps above ``divergence_factor`` times its recent mean
 (a divergence that a finite check would miss), the run stops and the checkpoint on disk predates the

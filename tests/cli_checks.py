@@ -35,7 +35,7 @@ def refuse_model_loads(monkeypatch) -> None:
     """Make any comalite module's ``load_backbone`` fail the test. Tests that run a command which may build the
     tiny-smoke VLM (it loads a model) first request ``tiny_home``, a session fixture that builds it."""
     import comalite.backbone
-    import comalite.data.dialogues
+    import comalite.stage1_data
     import comalite.pipeline
     import comalite.result
     import comalite.stage1

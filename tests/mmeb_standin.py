@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from comalite.data.io import write_eval_dataset, write_train_subset
+from comalite.data.writers import write_eval_dataset, write_train_subset
 
 TRAIN = {"ImageNet_1K": "SW-Object", "N24News": "SW-Count", "MSCOCO_i2t": "SW-I2T", "MSCOCO_t2i": "SW-T2I",
          "OK-VQA": "SW-VQA"}

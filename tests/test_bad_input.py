@@ -311,7 +311,10 @@ def test_hidden_and_stray_folders_are_not_datasets(capsys, mmeb):
     ("stage1=3", "--set stage1 is a section; give a mapping, not 3"),
     ("stage2.temperature=0", "stage2.temperature=0.0: must be > 0"),
     ("stage1.supervise=everything", "stage1.supervise='everything': choose one of answers, all"),
-], ids=["unknown", "not-a-number", "fractional-steps", "non-boolean", "section", "out-of-range", "not-a-choice"])
+    ("stage2.train.grad_accum=4", "stage2.train.grad_accum=4: stage 2 does not accumulate"),
+    ("data.language=3", "data.language=3: choose one of 1, 2"),
+], ids=["unknown", "not-a-number", "fractional-steps", "non-boolean", "section", "out-of-range", "not-a-choice",
+        "stage2-accumulation", "unknown-language"])
 def test_a_bad_setting_is_one_message_before_anything_runs(capsys, no_model_load, setting, message):
     for command in ("config", "stage1"):
         assert cli_error(capsys, command, "--preset", "tiny-smoke", "--set", setting).startswith(message)

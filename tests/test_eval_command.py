@@ -11,7 +11,7 @@ from PIL import Image
 
 from comalite.cli import main
 from comalite.config import load_config
-from comalite.data.io import write_eval_dataset
+from comalite.data.writers import write_eval_dataset
 from comalite.data.sources import eval_datasets
 from comalite.pipeline import embedding_model, ensure_stage, evaluate_models
 

@@ -107,10 +107,10 @@ def test_a_damaged_checkpoint_is_one_line_on_the_command_line(capsys, tmp_path, 
 
 
 def test_a_shipped_checkpoint_is_restored_with_git(data_copy, monkeypatch):
-    import comalite.backbone
-    from comalite.backbone import verify_checksums
+    import comalite.checkpoints
+    from comalite.checkpoints import verify_checksums
 
-    monkeypatch.setattr(comalite.backbone, "repo_dir", lambda: data_copy.parent.parent)  # data_copy is "shipped"
+    monkeypatch.setattr(comalite.checkpoints, "repo_dir", lambda: data_copy.parent.parent)  # data_copy is "shipped"
     flip(data_copy / "tokenizer.json", 10)
     with pytest.raises(ChecksumError, match=r"restore it with `git checkout data/tiny-vlm-smoke`$"):
         verify_checksums(data_copy)
@@ -147,7 +147,7 @@ def test_a_missing_or_malformed_listing_is_an_error_naming_it(data_copy, no_rebu
 
 
 def test_blank_lines_in_the_listing_are_skipped(data_copy):
-    from comalite.backbone import resolve_checkpoint
+    from comalite.checkpoints import resolve_checkpoint
 
     listing = data_copy / "CHECKSUMS"
     listing.write_text("\n" + listing.read_text().replace("\n", "\n\n"))
@@ -250,7 +250,8 @@ def run_copy(finished, tmp_path) -> Path:
 
 
 def test_result_json_records_the_sha256_of_every_weight_file(finished):
-    from comalite.result import read_result, sha256_file
+    from comalite.fingerprint import sha256_file
+    from comalite.result import read_result
 
     folder = finished / "stage1"
     recorded = read_result(folder)["sha256"]
@@ -269,9 +270,9 @@ def test_a_damaged_weight_file_is_not_loaded(run_copy, no_model_load, name, dama
     with pytest.raises(CorruptFileError) as caught:
         load_result(folder)
     message = one_line(caught.value)
-    assert message.startswith(f"{folder / name} is corrupt or was changed after {folder / 'result.json'} "
-                              "recorded it (sha256 ")
-    assert message.endswith(f"; delete {folder} and run stage1 again to retrain it")
+    assert message.startswith(f"{folder / name} is corrupt or was changed: its sha256 is ")
+    assert f", {folder / 'result.json'} expects " in message
+    assert message.endswith(f": delete {folder} and run stage1 again to retrain it")
 
 
 def test_a_flipped_adapter_byte_is_not_evaluated(capsys, run_copy, no_model_load):
@@ -279,6 +280,14 @@ def test_a_flipped_adapter_byte_is_not_evaluated(capsys, run_copy, no_model_load
     flip(folder / "adapters/stage1/adapter_model.safetensors", -3)
     message = cli_error(capsys, "eval", *smoke(run_copy), "--models", str(folder))
     assert message.startswith(f"{folder / 'adapters/stage1/adapter_model.safetensors'} is corrupt or was changed")
+
+
+def test_a_flipped_adapter_byte_is_not_exported(capsys, run_copy, tmp_path):
+    folder = run_copy / "stage1"
+    flip(folder / "adapters/stage1/adapter_model.safetensors", -3)
+    message = cli_error(capsys, "export", str(folder), "--out", str(tmp_path / "export"))
+    assert message.startswith(f"{folder / 'adapters/stage1/adapter_model.safetensors'} is corrupt or was changed")
+    assert not (tmp_path / "export").exists()
 
 
 def test_a_result_written_before_the_hashes_still_loads_and_refuses_truncated_files(run_copy):

@@ -165,3 +165,43 @@ def test_gather_across_two_processes_matches_one_full_batch(tmp_path):
         result = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(result["loss"], full.detach(), atol=1e-12, rtol=0)
         torch.testing.assert_close(result["grad"], encoder.weight.grad, atol=1e-12, rtol=0)
+
+
+# ----------------------------------------------------------------------------- the registry stage 2 builds from
+
+
+def test_stage2_builds_its_loss_from_the_settings():
+    from comalite.config import load_config
+    from comalite.loss import make_loss
+
+    s2 = load_config("tiny-smoke", ["stage2.temperature=0.5", "stage2.symmetric=true",
+                                    "stage2.share_hard_negatives=false"]).stage2
+    loss = make_loss(s2)
+    assert isinstance(loss, InfoNCELoss)
+    assert (loss.temperature, loss.symmetric, loss.share_hard_negatives, loss.gather_across_devices) == \
+        (0.5, True, False, True)
+
+
+def test_a_loss_registered_in_loss_py_is_reached_by_its_setting(monkeypatch):
+    """The worked example of adding a loss: one ``register_loss`` in ``comalite/loss.py``, nothing else edited."""
+    from comalite.config import load_config
+    from comalite.loss import LOSSES, make_loss, register_loss
+
+    monkeypatch.setitem(LOSSES, "margin", None)  # the registry forgets it again after the test
+
+    @register_loss("margin")
+    def _margin(s2):
+        return lambda q, t, negatives=None: torch.relu(0.2 - (q * t).sum(-1) + (q @ t.T).fill_diagonal_(-1).amax(1)).mean()
+
+    loss = make_loss(load_config("tiny-smoke", ["stage2.loss=margin"]).stage2)
+    q = F.normalize(torch.randn(4, 8), dim=-1)
+    assert float(loss(q, q)) == pytest.approx(0.0)  # each query's own target is its best by more than the margin
+
+
+def test_an_unknown_loss_is_refused_before_stage1_trains(tiny_config, capsys, no_model_load):
+    from cli_checks import cli_error
+
+    cfg = tiny_config()
+    message = cli_error(capsys, "stage2", "--preset", "tiny-smoke", "--set", f"out_dir={cfg.out_dir}",
+                        "--set", "stage2.loss=nosuch")
+    assert message.strip() == "stage2.loss='nosuch': choose one of infonce"

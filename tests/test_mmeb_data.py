@@ -8,15 +8,8 @@ import pytest
 from PIL import Image
 
 from comalite.data.images import load_image
-from comalite.data.io import (
-    read_dialogues,
-    read_eval_dataset,
-    read_train_subset,
-    sample_rows,
-    write_dialogues,
-    write_eval_dataset,
-    write_train_subset,
-)
+from comalite.data.io import read_dialogues, read_eval_dataset, read_train_subset, sample_rows
+from comalite.data.writers import write_dialogues, write_eval_dataset, write_train_subset
 from comalite.errors import DataFormatError
 from comalite.records import Dialogue, EmbedInput, Turn
 

@@ -26,7 +26,8 @@ import pytest
 
 from cli_checks import cli, cli_error, refuse_model_loads
 from comalite.cli import main
-from comalite.data.io import read_dialogues, write_dialogues
+from comalite.data.io import read_dialogues
+from comalite.data.writers import write_dialogues
 from comalite.records import Dialogue, Turn
 
 QUESTION = ("--question", "How many objects are there?")
@@ -96,7 +97,7 @@ def test_writer_strict_stops_at_an_unreadable_image_and_keeps_the_dialogues_befo
 
 def test_each_dialogue_is_on_disk_as_soon_as_it_is_written(tiny_home, data_root, tmp_path, monkeypatch):
     """Was: the file was written every 50 images, so a run stopped before that kept nothing."""
-    import comalite.data.dialogues as dialogues
+    import comalite.stage1_data as dialogues
     from comalite.config import load_config
 
     folder = data_root / "images" / "stage1"
@@ -125,7 +126,7 @@ def test_each_dialogue_is_on_disk_as_soon_as_it_is_written(tiny_home, data_root,
 def test_a_torn_last_line_is_dropped_with_a_warning_and_its_image_written_again(tiny_home, images, tmp_path,
                                                                                  monkeypatch, caplog):
     """Was: the half-written line of a killed run made the resume fail with 'not valid JSON'."""
-    import comalite.data.dialogues as dialogues
+    import comalite.stage1_data as dialogues
     from comalite.config import load_config
 
     (images / "b.png").unlink()
@@ -143,7 +144,7 @@ def test_a_torn_last_line_is_dropped_with_a_warning_and_its_image_written_again(
 
     monkeypatch.setattr(dialogues, "load_backbone", lambda *a, **k: types.SimpleNamespace(eval=lambda: None))
     monkeypatch.setattr(dialogues, "generate_dialogue", fake)
-    with caplog.at_level(logging.WARNING, logger="comalite.data.dialogues"):
+    with caplog.at_level(logging.WARNING, logger="comalite.stage1_data"):
         report = dialogues.build_stage1_data(load_config("tiny-smoke"), images=images, out=out)
     assert f"{out}: its last line is unfinished" in caplog.text
     assert generated == [str(images / "c.png"), str(images / "d.png")] and report.dialogues == 3

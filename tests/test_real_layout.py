@@ -198,7 +198,7 @@ def test_dataset_json_describes_it_and_the_setting_wins(own):
 
 @pytest.mark.parametrize("text, message", [
     ("{meta_task: vqa}", "not valid JSON"),
-    ('["vqa"]', "expected a JSON object"),
+    ('["vqa"]', "holds a JSON list, not a JSON object"),
     ('{"meta_task": "vqa", "splitt": "IND"}', "unknown field(s) splitt"),
     ('{"meta_task": "ranking"}', "field 'meta_task' is 'ranking'; choose one of classification, vqa"),
     ("{}", "field 'meta_task' is None"),

@@ -18,7 +18,7 @@ import torch
 from cli_checks import cli, refuse_model_loads
 from comalite.backbone import load_backbone
 from comalite.cli import main
-from comalite.data.dialogues import (
+from comalite.stage1_data import (
     build_stage1_data,
     dialogues_from_pairs,
     generate_dialogue,
@@ -26,7 +26,8 @@ from comalite.data.dialogues import (
     write_questions,
     writer_model,
 )
-from comalite.data.io import read_dialogues, write_dialogues
+from comalite.data.io import read_dialogues
+from comalite.data.writers import write_dialogues
 from comalite.data.sources import stage1_dialogues
 from comalite.errors import DataFormatError
 from comalite.records import Dialogue, EmbedInput, TrainPair, Turn
@@ -65,8 +66,8 @@ def no_vlm(monkeypatch):
         return fake_dialogue(backbone, image, writer, questions)
 
     dummy = types.SimpleNamespace(eval=lambda: None)
-    monkeypatch.setattr("comalite.data.dialogues.load_backbone", lambda *a, **k: dummy)
-    monkeypatch.setattr("comalite.data.dialogues.generate_dialogue", generate)
+    monkeypatch.setattr("comalite.stage1_data.load_backbone", lambda *a, **k: dummy)
+    monkeypatch.setattr("comalite.stage1_data.generate_dialogue", generate)
     return generated
 
 
@@ -87,7 +88,7 @@ def test_the_tiny_vlm_answers_given_questions_and_a_rerun_resumes(tiny_config, d
     images = data_root / "images" / "stage1"
     out = tmp_path / "dialogues.jsonl"
     cfg = tiny_config(*SHORT)
-    with caplog.at_level(logging.WARNING, logger="comalite.data.dialogues"):
+    with caplog.at_level(logging.WARNING, logger="comalite.stage1_data"):
         report = build_stage1_data(cfg, images=images, out=out, limit=2, questions=QUESTIONS, save_every=1)
     assert (report.dialogues, report.new, report.answers) == (2, 2, 4)
     # tiny-smoke sets neither data.root nor data.image_root: paths are relative to --images, and the log says so.
@@ -102,7 +103,7 @@ def test_the_tiny_vlm_answers_given_questions_and_a_rerun_resumes(tiny_config, d
 
 
 def test_a_generator_that_answers_nothing_is_an_error(tiny_config, data_root, tmp_path, monkeypatch):
-    monkeypatch.setattr("comalite.data.dialogues.generate_dialogue",
+    monkeypatch.setattr("comalite.stage1_data.generate_dialogue",
                         lambda backbone, image, writer, **k: Dialogue((), image, meta=dict.fromkeys(
                             ("answers", "answers_cut", "questions_cut"), 0)))
     with pytest.raises(DataFormatError, match="no usable question and answer for any of the 2 images"):
@@ -130,7 +131,7 @@ def test_a_resume_with_a_relative_images_folder_writes_no_duplicate(tiny_config,
     assert build_stage1_data(cfg, images="MMEB-train/images", out=out, limit=2, questions=QUESTIONS[:1]).new == 2
     generated = []
     real = generate_dialogue
-    monkeypatch.setattr("comalite.data.dialogues.generate_dialogue",
+    monkeypatch.setattr("comalite.stage1_data.generate_dialogue",
                         lambda backbone, image, *a, **k: generated.append(image) or real(backbone, image, *a, **k))
     assert build_stage1_data(cfg, images="MMEB-train/images", out=out, limit=3, questions=QUESTIONS[:1]).new == 1
     first_two = sample_images(sorted(standin.rglob("*.png")), 2, cfg.data.seed)

@@ -1,4 +1,4 @@
-"""Read and write files in the MMEB schema (and the stage-1 dialogue jsonl).
+"""Read files in the MMEB schema (and the stage-1 dialogue jsonl); ``comalite.data.writers`` writes them.
 
 The same readers load the real benchmark (TIGER-Lab/MMEB-train, TIGER-Lab/MMEB-eval) and ShapesWorld, so
 a format bug shows up on both. Every malformed row raises ``DataFormatError`` naming the file, the row and
@@ -25,7 +25,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from comalite.atomic import atomic_write
 from comalite.errors import DataFormatError
 from comalite.records import (
     IMAGE_PLACEHOLDER,
@@ -296,64 +295,7 @@ def _missing_dataset_message(root: Path, name: str) -> str:
             f"{', '.join(present) if present else '(none)'}. Download the dataset or fix the name.")
 
 
-# ----------------------------------------------------------------------------- writers
-
-
-def _columns(rows: list[dict], columns: tuple[str, ...], optional: tuple[str, ...], default) -> dict[str, list]:
-    data = {c: [] for c in columns}
-    for i, row in enumerate(rows):
-        unknown = set(row) - set(columns)
-        if unknown:
-            raise ValueError(f"row {i}: unknown columns {sorted(unknown)}; expected {list(columns)}")
-        for c in columns:
-            if c not in row and c not in optional:
-                raise ValueError(f"row {i}: missing column '{c}'")
-            data[c].append(row.get(c, default))
-    return data
-
-
-def write_train_subset(rows: list[dict], path) -> None:
-    """Write MMEB-train-schema rows (dicts keyed by ``TRAIN_COLUMNS``; ``neg_*`` default "") to parquet."""
-    data = _columns(rows, TRAIN_COLUMNS, _OPTIONAL_TRAIN_COLUMNS, "")
-    table = pa.table({c: pa.array(data[c], pa.string()) for c in TRAIN_COLUMNS})
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def write_eval_dataset(rows: list[dict], path) -> None:
-    """Write MMEB-eval-schema rows (dicts keyed by ``EVAL_COLUMNS``; candidate 0 = truth) to parquet.
-
-    Contents are not checked, so test fixtures can write malformed rows for the reader to reject.
-    """
-    data = _columns(rows, EVAL_COLUMNS, (), None)
-    types = {"qry_text": pa.string(), "qry_img_path": pa.string(),
-             "tgt_text": pa.list_(pa.string()), "tgt_img_path": pa.list_(pa.string())}
-    table = pa.table({c: pa.array(data[c], types[c]) for c in EVAL_COLUMNS})
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-
-
 # ----------------------------------------------------------------------------- stage-1 dialogues
-
-
-def write_dialogues(dialogues, path, image_root) -> None:
-    """Write stage-1 dialogues as jsonl: ``{"image": path relative to image_root or "", "text", "turns":
-    [{"q", "a"}]}`` per line. ``Dialogue.meta`` is not stored."""
-    root = os.path.abspath(image_root)
-    lines = []
-    for k, d in enumerate(dialogues):
-        rel = ""
-        if d.image:
-            rel = os.path.relpath(os.path.abspath(d.image), root)
-            if rel.startswith(os.pardir):
-                raise ValueError(f"dialogue {k}: image {d.image} is not under image_root {root}")
-            rel = Path(rel).as_posix()
-        record = {"image": rel, "text": d.text, "turns": [{"q": t.question, "a": t.answer} for t in d.turns]}
-        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-
-    atomic_write(path, write)
 
 
 def read_dialogues(path, image_root) -> list[Dialogue]:

@@ -27,7 +27,7 @@ def ensure_data(cfg: Config) -> Path:
         d = cfg.data
         build_shapesworld(root, seed=d.seed, n_stage1_images=d.n_stage1_images,
                           n_train_per_subset=d.n_train_per_subset, n_eval_queries=d.n_eval_queries,
-                          n_candidates=d.n_candidates, image_size=d.image_size)
+                          n_candidates=d.n_candidates, image_size=d.image_size, language=d.language)
     elif not cfg.data.root:
         raise ConfigError("data.source is 'mmeb' but data.root is not set: --set data.root=/path/to/MMEB-train "
                           "(one folder per subset, images unzipped; see data/README.md)")

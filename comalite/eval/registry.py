@@ -19,9 +19,9 @@ A dataset of your own, in the MMEB-eval layout under another name, is described 
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Mapping
 
+from comalite.atomic import read_json_object
 from comalite.errors import ConfigError, DataFormatError, UnknownDatasetError
 from comalite.records import META_TASKS, DatasetInfo, EmbedInput, EvalDataset
 
@@ -124,13 +124,7 @@ def _user_info(data: EvalDataset, fields: dict, where: str) -> DatasetInfo:
 
 def _user_file(path) -> dict:
     example = '{"meta_task": "classification"}'
-    try:
-        fields = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataFormatError(f"{path}: not valid JSON ({err}). Write e.g. {example}") from None
-    if not isinstance(fields, dict):
-        raise DataFormatError(f"{path}: expected a JSON object such as {example}")
-    return fields
+    return read_json_object(path, f"a JSON object such as {example}", f"write e.g. {example}", DataFormatError)
 
 
 def dataset_info(data: EvalDataset, meta_tasks: Mapping[str, str] | None = None) -> DatasetInfo:

@@ -18,19 +18,23 @@ The modules, each importing only those above it:
 - ``scene``: the vocabulary (shapes, colors, sizes, grid positions, styles, backgrounds, held-out
   combinations), ``Obj``, ``Background`` and ``Scene``, sampling and the held-out and hard-negative edits;
 - ``render``: drawing a scene or one object's crop (``render``, ``object_geometry``);
-- ``language``: descriptions, referring expressions, questions with exact answers (``qa_dialogue``,
-  ``question_template``), the MMEB-style instructions and the tokenizer's ``text_corpus``;
+- ``language``: descriptions, referring expressions, every question with its exact answer
+  (``question_template``), the MMEB-style instructions;
+- ``asking``: which questions a dialogue asks (``qa_dialogue``) and the tokenizer's ``text_corpus``, in two
+  question languages (``data.language``: 1 as the shipped tiny VLM was built, 2 balanced answers and leak-free
+  dialogues, checked by ``dialogue_leaks``);
 - ``build``: the dataset registry (``SHAPESWORLD_DATASETS``, ``TRAIN_SUBSETS``), the image writer, one
   example builder per task, and ``build_shapesworld``.
 """
 from .build import SHAPESWORLD_DATASETS, TRAIN_SUBSETS, build_shapesworld
-from .language import DESCRIBE, describe, qa_dialogue, question_template, text_corpus
+from .asking import dialogue_leaks, qa_dialogue, text_corpus
+from .language import DESCRIBE, LANGUAGES, describe, question_template
 from .render import object_geometry, render
 from .scene import (COLORS, HELDOUT_COMBOS, POSITIONS, SHAPES, SIZES, STYLES, Background, Obj, Scene,
                     sample_scene)
 
 __all__ = [
-    "COLORS", "DESCRIBE", "HELDOUT_COMBOS", "POSITIONS", "SHAPES", "SHAPESWORLD_DATASETS", "SIZES", "STYLES",
-    "TRAIN_SUBSETS", "Background", "Obj", "Scene", "build_shapesworld", "describe", "object_geometry",
-    "qa_dialogue", "question_template", "render", "sample_scene", "text_corpus",
+    "COLORS", "DESCRIBE", "HELDOUT_COMBOS", "LANGUAGES", "POSITIONS", "SHAPES", "SHAPESWORLD_DATASETS", "SIZES",
+    "STYLES", "TRAIN_SUBSETS", "Background", "Obj", "Scene", "build_shapesworld", "describe", "dialogue_leaks",
+    "object_geometry", "qa_dialogue", "question_template", "render", "sample_scene", "text_corpus",
 ]

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from comalite.data.io import write_dialogues, write_eval_dataset, write_train_subset
+from comalite.data.writers import write_dialogues, write_eval_dataset, write_train_subset
 from comalite.records import DatasetInfo, Dialogue, Turn
 
+from .asking import _pick_question, qa_dialogue
 from .language import (ANSWERS, CLASSIFY, COUNT, COUNT_LABELS, CROP_TARGET, DESCRIBE, GROUND, I2T, IMAGE_TARGET,
-                       OBJECT_LABELS, T2I, VQA, _pick_question, _questions, _refer, describe, qa_dialogue)
+                       OBJECT_LABELS, T2I, VQA, _questions, _refer, check_language, describe)
 from .render import _render_crop, render
 from .scene import HELDOUT_COMBOS, MAX_OBJECTS, NUMBER_WORDS, Scene, _perturb, _with_heldout, sample_scene
 
@@ -133,15 +134,16 @@ def _classify_examples(w: _Writer, rng, task, pool, part, n, style, heldout) -> 
     return examples
 
 
-def _vqa_examples(w: _Writer, rng, pool, part, n, style, heldout) -> list[_Example]:
-    """One question per image; the candidates are the other answers of the same kind (colors, counts...)."""
+def _vqa_examples(w: _Writer, rng, pool, part, n, style, heldout, language: int = 1) -> list[_Example]:
+    """One question per image; the candidates are the other answers of the same kind (colors, counts...).
+    Language 2 balances the answers (``language._pick_balanced``)."""
     examples = []
     for i in range(n):
         scene, k = _scene_for(w, rng, style, heldout)
         questions = _questions(scene)
         if heldout:  # only questions whose answer depends on the held-out object ("how many objects" does not)
             questions = [q for q in questions if k in q.about and q.kind != "count"]
-        q = _pick_question(rng, questions)
+        q = _pick_question(rng, questions, language)
         others = [a for a in ANSWERS[q.answers] if a != q.turn.answer]
         others = [others[int(j)] for j in rng.permutation(len(others))]
         image = w.save(scene, f"{pool}/{i:05d}.png", part)
@@ -213,14 +215,15 @@ def _ground_examples(w: _Writer, rng, pool, part, n, style, heldout, n_candidate
     return examples
 
 
-def _build_task(w: _Writer, rng, name: str, part: str, n: int, n_candidates: int) -> list[_Example]:
+def _build_task(w: _Writer, rng, name: str, part: str, n: int, n_candidates: int,
+                language: int = 1) -> list[_Example]:
     """``n`` examples of the dataset/subset ``name``, images saved under ``<part>/<name>/``."""
     task, style, heldout = _VARIANTS[name]
     pool = f"{part}/{name}"
     if task in ("count", "object"):
         return _classify_examples(w, rng, task, pool, part, n, style, heldout)
     if task == "vqa":
-        return _vqa_examples(w, rng, pool, part, n, style, heldout)
+        return _vqa_examples(w, rng, pool, part, n, style, heldout, language)
     if task in ("t2i", "i2t"):
         return _retrieval_examples(w, rng, task, pool, part, n, style, heldout, n_candidates)
     return _ground_examples(w, rng, pool, part, n, style, heldout, n_candidates)
@@ -246,21 +249,26 @@ def _rng(seed: int, part: str) -> np.random.Generator:
 
 def build_shapesworld(out_dir, *, seed: int = 0, n_stage1_images: int = 2000, n_train_per_subset: int = 1000,
                       n_eval_queries: int = 100, n_candidates: int = 10, image_size: int = 112,
-                      n_turns: tuple[int, int] = (3, 5)) -> dict:
+                      n_turns: tuple[int, int] = (3, 5), language: int = 1) -> dict:
     """Write the ShapesWorld data under ``out_dir`` and return its manifest.
 
     Layout (every image path in the files is relative to ``out_dir/images``)::
 
         images/...png                    stage-1, train and eval images: all different scenes
         scenes.jsonl                     what each image shows (scene, and the object for a crop)
-        stage1/dialogues.jsonl           one image and 3-5 QA turns per line (half open with a description)
+        stage1/dialogues.jsonl           one image and 3-5 QA turns per line (half open with a description;
+                                         language 2: close with it)
         train/<Subset>/original.parquet  MMEB-train schema, the IND tasks, one hard negative per row
         eval/<Dataset>/test.parquet      MMEB-eval schema, candidate 0 is the truth
         manifest.json                    parameters, counts, file sizes, datasets
 
     Deterministic in ``seed``. The whole folder is built aside and renamed into place; if ``manifest.json``
-    already holds the same parameters, nothing is rebuilt.
+    already holds the same parameters, nothing is rebuilt. ``language`` (``DataConfig.language``): 1 = the
+    questions the shipped tiny VLM was built on; 2 = balanced answers and leak-free stage-1 dialogues (the
+    description, if any, is the last turn). It is in the manifest's parameters unless 1 (so a folder built
+    before it existed still counts as language 1), so switching it rebuilds the folder.
     """
+    check_language(language)
     if image_size % 28 or image_size <= 0:
         raise ValueError(f"image_size must be a positive multiple of 28 (Qwen2-VL's merged patch), got {image_size}")
     if n_candidates < 2:
@@ -273,7 +281,7 @@ def build_shapesworld(out_dir, *, seed: int = 0, n_stage1_images: int = 2000, n_
     out_dir = Path(out_dir)
     params = {"seed": seed, "n_stage1_images": n_stage1_images, "n_train_per_subset": n_train_per_subset,
               "n_eval_queries": n_eval_queries, "n_candidates": n_candidates, "image_size": image_size,
-              "n_turns": list(n_turns)}
+              "n_turns": list(n_turns), **({"language": language} if language != 1 else {})}
     manifest_path = out_dir / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
@@ -340,19 +348,25 @@ def _write_data(w: _Writer, root: Path, params: dict) -> dict:
         image = images_dir / w.save(scene, f"stage1/{i:05d}.png", "stage1")
         n = int(rng.integers(low, high + 1))
         lead = (Turn(DESCRIBE, describe(scene)),) if rng.random() < 0.5 else ()
-        turns = lead + qa_dialogue(scene, rng, n - len(lead))
+        language = params.get("language", 1)
+        if language == 1:
+            turns = lead + qa_dialogue(scene, rng, n - len(lead))
+        else:  # the description last: no later answer can be read off it
+            turns = qa_dialogue(scene, rng, n - len(lead), language) + lead
         dialogues.append(Dialogue(turns=turns, image=str(image)))
     write_dialogues(dialogues, root / "stage1" / "dialogues.jsonl", images_dir)
 
     train_rows, eval_queries = {}, {}
     for name in TRAIN_SUBSETS:
         rng = _rng(seed, f"train/{name}")
-        examples = _build_task(w, rng, name, "train", params["n_train_per_subset"], n_cand)
+        examples = _build_task(w, rng, name, "train", params["n_train_per_subset"], n_cand,
+                               params.get("language", 1))
         write_train_subset([_train_row(e) for e in examples], root / "train" / name / "original.parquet")
         train_rows[name] = len(examples)
     for info in SHAPESWORLD_DATASETS:
         rng = _rng(seed, f"eval/{info.name}")
-        examples = _build_task(w, rng, info.name, "eval", params["n_eval_queries"], n_cand)
+        examples = _build_task(w, rng, info.name, "eval", params["n_eval_queries"], n_cand,
+                               params.get("language", 1))
         write_eval_dataset([_eval_row(e, rng, n_cand) for e in examples], root / "eval" / info.name / "test.parquet")
         eval_queries[info.name] = len(examples)
 

@@ -1,17 +1,14 @@
-"""Exact language about a scene: descriptions, referring expressions, questions and answers, the MMEB-style
-instructions, and the tokenizer's text corpus."""
+"""Exact language about a scene: descriptions, referring expressions, every question with its answer, question
+templates and the MMEB-style instructions. Which questions a dialogue asks is ``comalite.shapesworld.asking``."""
 from __future__ import annotations
 
 import re
-import zlib
 from dataclasses import dataclass
 
-import numpy as np
-
+from comalite.config import LANGUAGES
 from comalite.records import IMAGE_PLACEHOLDER, Turn
 
-from .scene import (COLORS, HELDOUT_COMBOS, NUMBER_WORDS, PLURALS, POSITIONS, SHAPES, SIZES, STYLES, Obj, Scene,
-                    _pick, _position_name, sample_scene)
+from .scene import COLORS, HELDOUT_COMBOS, NUMBER_WORDS, PLURALS, POSITIONS, SHAPES, SIZES, Obj, Scene, _position_name
 
 
 def _join(phrases: list[str]) -> str:
@@ -120,29 +117,11 @@ def question_template(question: str) -> str:
     return question
 
 
-def _pick_question(rng, questions: list[_Question]) -> _Question:
-    """A question type first, then a question of it: otherwise the many yes/no variants would dominate."""
-    kinds = sorted({q.kind for q in questions})
-    kind = _pick(rng, kinds)
-    return _pick(rng, [q for q in questions if q.kind == kind])
-
-
-def qa_dialogue(scene: Scene, rng: np.random.Generator, n_turns: int) -> tuple[Turn, ...]:
-    """``n_turns`` distinct questions with exact one- or two-word answers, of as many types as possible."""
-    by_kind: dict[str, list[Turn]] = {}
-    for q in _questions(scene):
-        by_kind.setdefault(q.kind, []).append(q.turn)
-    if n_turns > sum(len(t) for t in by_kind.values()):
-        raise ValueError(f"cannot ask {n_turns} distinct questions about this scene")
-    names = sorted(by_kind)
-    kinds = [names[int(i)] for i in rng.permutation(len(names))]
-    turns: list[Turn] = []
-    while len(turns) < n_turns:
-        for kind in kinds:
-            unused = [t for t in by_kind[kind] if t not in turns]
-            if unused and len(turns) < n_turns:
-                turns.append(_pick(rng, unused))
-    return tuple(turns)
+def check_language(language: int) -> int:
+    """``language`` if it is one of ``LANGUAGES`` (``comalite.config``: the setting ``data.language``)."""
+    if language not in LANGUAGES:
+        raise ValueError(f"ShapesWorld language must be one of {LANGUAGES}, got {language!r}")
+    return language
 
 
 _IMAGE = f"{IMAGE_PLACEHOLDER}\n"  # MMEB writes the placeholder then a newline before the instruction
@@ -158,23 +137,3 @@ DESCRIBE = "Describe the image in detail."
 
 COUNT_LABELS = NUMBER_WORDS[1:]
 OBJECT_LABELS = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
-
-
-def text_corpus(seed: int = 0, n: int = 2000) -> list[str]:
-    """Texts covering every word ShapesWorld writes (instructions, labels, descriptions, questions and
-    answers), to train the tiny model's tokenizer. The fixed coverage texts come first, then random
-    scenes' descriptions and QA turns up to ``n`` texts in all."""
-    texts = [CLASSIFY, COUNT, VQA, T2I, I2T, GROUND, IMAGE_TARGET, CROP_TARGET, DESCRIBE,
-             " ".join(COUNT_LABELS), ", ".join(OBJECT_LABELS), " ".join(SIZES), ", ".join(POSITIONS),
-             " ".join(PLURALS.values()), " ".join(NUMBER_WORDS), "yes no"]
-    rng = np.random.default_rng([seed, zlib.crc32(b"text_corpus")])
-    while len(texts) < n:
-        scene = sample_scene(rng, style=_pick(rng, STYLES), allow_heldout=True)
-        texts.append(describe(scene))
-        by_kind: dict[str, list[Turn]] = {}
-        for q in _questions(scene):
-            by_kind.setdefault(q.kind, []).append(q.turn)
-        for kind in sorted(by_kind):
-            turn = _pick(rng, by_kind[kind])
-            texts.append(f"{turn.question} {turn.answer}")
-    return texts[:n]

@@ -20,7 +20,6 @@ and by question type, against an image-blind baseline.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -36,7 +35,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from ..backbone import CHECKSUMS, load_backbone, use_cpu_threads
+from ..backbone import load_backbone, use_cpu_threads
+from ..checkpoints import write_checksums
 from ..config import Config, ModelConfig, TrainConfig
 from ..data.sources import stage1_dialogues
 from ..objective import answer_accuracy, train_lm
@@ -44,6 +44,7 @@ from ..processor import VLProcessor
 from ..records import Dialogue
 from ..sequence import dialogue_examples
 from ..shapesworld import qa_dialogue, question_template, render, sample_scene, text_corpus
+from ..shapesworld.asking import answer_set
 from .vision import pretrain_vision
 
 log = logging.getLogger(__name__)
@@ -141,11 +142,13 @@ def tiny_qwen2vl_config(tokenizer, tc: TinyConfig) -> Qwen2VLConfig:
                          vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
 
 
-def stage0_dialogues(folder: Path, n: int, seed: int, image_size: int, n_turns: int) -> list[Dialogue]:
+def stage0_dialogues(folder: Path, n: int, seed: int, image_size: int, n_turns: int,
+                     language: int = 1) -> list[Dialogue]:
     """``n`` more ShapesWorld scenes for stage 0, drawn as stage 1's are (1-4 objects, never a held-out
     colour/shape combination) but from a stream of their own, their images written as PNG under ``folder``,
     each asked ``n_turns`` questions of different types (no description): stage 0 then sees many more
-    distinct images than the stage-1 set's, each a few times instead of many times."""
+    distinct images than the stage-1 set's, each a few times instead of many times. ``language``: ShapesWorld's
+    question language (``DataConfig.language``; 2 = balanced answers)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, zlib.crc32(b"tiny stage 0")])
     out = []
@@ -153,47 +156,68 @@ def stage0_dialogues(folder: Path, n: int, seed: int, image_size: int, n_turns: 
         scene = sample_scene(rng)
         path = folder / f"{i:06d}.png"
         render(scene, image_size).save(path, format="PNG", compress_level=1)
-        out.append(Dialogue(turns=qa_dialogue(scene, rng, n_turns), image=str(path)))
+        out.append(Dialogue(turns=qa_dialogue(scene, rng, n_turns, language), image=str(path)))
+    return out
+
+
+BLIND_BASELINE = ("per question template (shapesworld.question_template): the template's most frequent training "
+                  "answer, never below 1/|answer set| (a guess: yes/no 0.5, colours 1/7, counts 1/5)")
+
+
+def blind_by_template(train: list[Dialogue], test: list[Dialogue]) -> dict[str, dict]:
+    """The image-blind baseline per question template on ``test``'s turns: answer every question of a template
+    with that template's most frequent answer in ``train`` (its answer prior), and credit at least the uniform
+    rate 1/|answer set| of the template (``shapesworld.language.answer_set``; 0 for descriptions), since guessing
+    among the template's answers reaches it without the image either. Per template: ``answers``, ``prior_answer``,
+    ``prior`` (the prior's accuracy), ``uniform`` and ``blind`` = max(prior, uniform).
+
+    A template, not an exact question string: a per-string prior memorises e.g. that "Is the red circle left
+    of the blue square?" was "no" in training, and scored 2 % on relations where a coin scores 50 %."""
+    priors: dict[str, Counter] = {}
+    for d in train:
+        for t in d.turns:
+            priors.setdefault(question_template(t.question), Counter())[t.answer] += 1
+    groups: dict[str, list] = {}
+    for d in test:
+        for t in d.turns:
+            groups.setdefault(question_template(t.question), []).append(t)
+    out = {}
+    for template, turns in groups.items():
+        prior = priors.get(template)
+        best = prior.most_common(1)[0][0] if prior else None
+        rate = sum(t.answer == best for t in turns) / len(turns)
+        size = len(answer_set(turns[0].question))
+        uniform = 1 / size if size else 0.0
+        out[template] = {"answers": len(turns), "prior_answer": best, "prior": rate, "uniform": uniform,
+                         "blind": max(rate, uniform)}
     return out
 
 
 def blind_baseline(train: list[Dialogue], test: list[Dialogue]) -> float:
-    """Accuracy of answering each question with its most frequent training answer, never looking at the
-    image: the bar a VLM has to clear to show it uses the picture."""
-    answers: dict[str, Counter] = {}
-    for d in train:
-        for t in d.turns:
-            answers.setdefault(t.question, Counter())[t.answer] += 1
-    hits = total = 0
-    for d in test:
-        for t in d.turns:
-            best = answers.get(t.question)
-            hits += int(best is not None and best.most_common(1)[0][0] == t.answer)
-            total += 1
-    return hits / max(1, total)
+    """The image-blind baseline over all of ``test``'s turns (``blind_by_template``, weighted by answers): the
+    bar a VLM has to clear to show it uses the picture."""
+    by_template = blind_by_template(train, test)
+    n = sum(t["answers"] for t in by_template.values())
+    return sum(t["blind"] * t["answers"] for t in by_template.values()) / max(1, n)
 
 
 def accuracy_by_question_type(backbone, train: list[Dialogue], heldout: list[Dialogue], s1) -> dict[str, dict]:
     """Held-out answer accuracy per question type (``shapesworld.question_template``), one QA turn per
-    sequence, next to the image-blind baseline on the same turns: where the model looks, and where it
-    only learned the answer prior."""
+    sequence, next to the image-blind baseline on the same turns (``blind_by_template``: the template's answer
+    prior, never below a uniform guess): where the model looks, and where it only learned the answer prior."""
     groups: dict[str, list[Dialogue]] = {}
     for d in heldout:
         for turn in d.turns:
             groups.setdefault(question_template(turn.question), []).append(Dialogue(turns=(turn,), image=d.image))
+    blind = blind_by_template(train, heldout)
     out = {}
     for template, turns in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         examples = dialogue_examples(backbone.processor, turns, s1, with_compression=False)
-        out[template] = {"answers": len(turns), "blind": blind_baseline(train, turns),
+        b = blind[template]
+        out[template] = {"answers": len(turns), "blind": b["blind"], "prior": b["prior"], "uniform": b["uniform"],
+                         "prior_answer": b["prior_answer"],
                          "accuracy": answer_accuracy(backbone, examples, compression_mask=False)["accuracy"]}
     return out
-
-
-def write_checksums(folder: Path) -> None:
-    """``CHECKSUMS`` (``sha256sum`` format) of every file in ``folder``; the loader verifies it."""
-    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS]
-    (folder / CHECKSUMS).write_text("".join(lines))
 
 
 def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Path:
@@ -202,7 +226,8 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Pat
     start = time.perf_counter()
     use_cpu_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    tokenizer = train_tokenizer(text_corpus(seed=tc.seed), tc.vocab_size)
+    language = data_cfg.data.language if data_cfg.data.source == "shapesworld" else 1
+    tokenizer = train_tokenizer(text_corpus(seed=tc.seed, language=language), tc.vocab_size)
     pixels = tc.image_size * tc.image_size
     image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels // 4, max_pixels=pixels)
     model = Qwen2VLForConditionalGeneration(tiny_qwen2vl_config(tokenizer, tc))
@@ -230,7 +255,7 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Pat
     n_heldout = data_cfg.stage1.heldout  # the same dialogues stage 1 holds out
     train, heldout = dialogues[:-n_heldout], dialogues[-n_heldout:]
     stage0 = train + stage0_dialogues(work / "stage0_images", tc.stage0_scenes, tc.seed, tc.image_size,
-                                      tc.stage0_turns)
+                                      tc.stage0_turns, language)
     if tc.split_turns:  # stage 0 only: the report splits the held-out dialogues itself
         stage0 = [Dialogue(turns=(turn,), image=d.image, text=d.text) for d in stage0 for turn in d.turns]
     clock = time.perf_counter()
@@ -239,7 +264,7 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Pat
     stage0_seconds = time.perf_counter() - clock
     heldout_examples = dialogue_examples(backbone.processor, heldout, data_cfg.stage1, with_compression=False)
     accuracy = answer_accuracy(backbone, heldout_examples, compression_mask=False)
-    by_type = accuracy_by_question_type(backbone, train, heldout, data_cfg.stage1)
+    by_type = accuracy_by_question_type(backbone, stage0, heldout, data_cfg.stage1)  # priors: what stage 0 saw
     n_turns = sum(t["answers"] for t in by_type.values())
 
     backbone.hf.save_pretrained(str(work / "model"))
@@ -249,9 +274,13 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Pat
         "vision_last_loss": vision["last_loss"],
         # whole held-out dialogues, every turn in context (what stage 1 measures through its tokens) ...
         "heldout_answer_accuracy": accuracy["accuracy"], "heldout_answers": accuracy["answers"],
-        "heldout_answer_loss": accuracy["loss"], "blind_baseline_accuracy": blind_baseline(train, heldout),
+        "heldout_answer_loss": accuracy["loss"],
+        # the honest blind baseline (per template, >= uniform); reports before it held a per-question-string one
+        "blind_baseline_accuracy": blind_baseline(stage0, heldout), "blind_baseline": BLIND_BASELINE,
+        "language": language,
         # ... and one QA turn per sequence, as stage 0 trains, overall and by question type
         "heldout_turn_accuracy": sum(t["accuracy"] * t["answers"] for t in by_type.values()) / n_turns,
+        "heldout_turn_blind": sum(t["blind"] * t["answers"] for t in by_type.values()) / n_turns,
         "heldout_by_question_type": by_type,
         "stage0_first_loss": history[0]["loss"], "stage0_last_loss": history[-1]["loss"],
         "vision_seconds": round(vision_seconds, 1), "stage0_seconds": round(stage0_seconds, 1),

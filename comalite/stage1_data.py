@@ -44,15 +44,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_text
-from ..backbone import Backbone, load_backbone
-from ..config import Config, ModelConfig, WriterConfig
-from ..errors import ConfigError, DataFormatError
-from ..progress import progress_bar
-from ..records import IMAGE_PLACEHOLDER, Dialogue, TrainPair, Turn
-from .images import find_images, load_image
-from .io import read_dialogues
-from .sources import image_root
+from .atomic import atomic_write_text
+from .backbone import Backbone, load_backbone
+from .config import Config, ModelConfig, WriterConfig
+from .errors import ConfigError, DataFormatError
+from .progress import progress_bar
+from .records import IMAGE_PLACEHOLDER, Dialogue, TrainPair, Turn
+from .data.images import find_images, load_image
+from .data.io import read_dialogues
+from .data.writers import dialogue_line
+from .data.sources import image_root
 
 log = logging.getLogger(__name__)
 SYSTEM_MESSAGE = "You are a helpful assistant."
@@ -276,14 +277,6 @@ def _done(out: Path, root: Path) -> list[Dialogue]:
     return done
 
 
-def _dialogue_line(dialogue: Dialogue, root: Path) -> bytes:
-    """One line of a stage-1 jsonl, exactly as ``io.write_dialogues`` writes it."""
-    image = Path(os.path.relpath(os.path.abspath(dialogue.image), root)).as_posix() if dialogue.image else ""
-    record = {"image": image, "text": dialogue.text,
-              "turns": [{"q": t.question, "a": t.answer} for t in dialogue.turns]}
-    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-
-
 def _append(path: Path, data: bytes, sync: bool) -> None:
     """Append ``data`` to ``path`` and flush it to the OS (a killed process loses nothing); ``sync`` also
     fsyncs (a power cut loses nothing)."""
@@ -370,7 +363,7 @@ def build_stage1_data(cfg: Config, *, images: str | Path, out: str | Path, gener
         for k in ("answers", "answers_cut", "questions_cut"):
             setattr(report, k, getattr(report, k) + dialogue.meta[k])
         if dialogue.turns:
-            _append(out, _dialogue_line(dialogue, root), sync=report.new % max(save_every, 1) == 0)
+            _append(out, dialogue_line(dialogue, root).encode("utf-8"), sync=report.new % max(save_every, 1) == 0)
             done.append(dialogue)
             have.add(key)
             report.new += 1
