@@ -59,7 +59,7 @@ def build_one(language: int, steps: int | None, home: Path, stage0_scenes: int |
             "stage0_sequences": r["stage0_sequences"], "heldout_turns": sum(v["answers"] for v in by_type.values()),
             "turn_accuracy": r["heldout_turn_accuracy"], "turn_blind": r["heldout_turn_blind"],
             "turn_gap_over_blind": r["heldout_turn_accuracy"] - r["heldout_turn_blind"],
-            "dialogue_accuracy": r["heldout_answer_accuracy"], "dialogue_blind": r["blind_baseline_accuracy"],
+            "dialogue_accuracy": r["heldout_answer_accuracy"], "dialogue_blind": r["heldout_blind_accuracy"],
             "vision_token_accuracy": r["vision_token_accuracy"], "stage0_last_loss": r["stage0_last_loss"],
             "data_seconds": round(data_seconds, 1), "build_seconds": round(build_seconds, 1),
             "vision_seconds": r["vision_seconds"], "stage0_seconds": r["stage0_seconds"],

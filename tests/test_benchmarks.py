@@ -36,13 +36,13 @@ def test_bench_tiny_build(bench, tmp_path, data_root):
     saved = _read(out)
     assert saved == json.loads(json.dumps(report))
     for key in ("build_seconds", "data_seconds", "stage0_seconds", "stage0_steps", "stage0_steps_per_s",
-                "heldout_answer_accuracy", "blind_baseline_accuracy", "accuracy_over_blind", "torch_threads",
+                "heldout_answer_accuracy", "heldout_blind_accuracy", "accuracy_over_blind", "torch_threads",
                 "parameters", "peak_rss_mb", "vision_token_accuracy", "heldout_turn_accuracy",
                 "heldout_by_question_type"):
         assert key in saved, key
     assert saved["stage0_steps"] == 2 and saved["stage0_batch_size"] == 4 and saved["smoke"]
     assert saved["build_seconds"] >= saved["stage0_seconds"] > 0
-    assert 0 <= saved["heldout_answer_accuracy"] <= 1 and 0 < saved["blind_baseline_accuracy"] < 1
+    assert 0 <= saved["heldout_answer_accuracy"] <= 1 and 0 < saved["heldout_blind_accuracy"] < 1
     by_type = saved["heldout_by_question_type"]
     assert "How many objects are there?" in by_type
     n_turns = sum(row["answers"] for row in by_type.values())

@@ -276,7 +276,7 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Pat
         "heldout_answer_accuracy": accuracy["accuracy"], "heldout_answers": accuracy["answers"],
         "heldout_answer_loss": accuracy["loss"],
         # the honest blind baseline (per template, >= uniform); reports before it held a per-question-string one
-        "blind_baseline_accuracy": blind_baseline(stage0, heldout), "blind_baseline": BLIND_BASELINE,
+        "heldout_blind_accuracy": blind_baseline(stage0, heldout), "blind_baseline": BLIND_BASELINE,
         "language": language,
         # ... and one QA turn per sequence, as stage 0 trains, overall and by question type
         "heldout_turn_accuracy": sum(t["accuracy"] * t["answers"] for t in by_type.values()) / n_turns,
