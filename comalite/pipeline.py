@@ -21,7 +21,7 @@ from pathlib import Path
 from .backbone import load_backbone
 from .checkpoints import named_checkpoint_dir, resolve_checkpoint
 from .config import Config, load_config
-from .data.sources import ensure_data, eval_datasets, train_pairs
+from .data.sources import data_source, ensure_data, eval_datasets, train_pairs
 from .distributed import barrier, is_writer
 from .embedding import EmbeddingModel
 from .errors import CheckpointError, ChecksumError
@@ -82,11 +82,11 @@ def stage_config(cfg: Config, stage: str) -> Config:
 
 
 def prepare(cfg: Config) -> None:
-    """Build what comalite generates and is missing (ShapesWorld, the tiny checkpoint): once, by rank 0 when
-    several processes run. Real data is never demanded here: each step asks for the folders it reads."""
+    """Build what comalite generates and is missing (the data source's, e.g. ShapesWorld; the tiny checkpoint):
+    once, by rank 0 when several processes run. Real data is never demanded here: each step asks for the folders
+    it reads."""
     if is_writer():
-        if cfg.data.source == "shapesworld":
-            ensure_data(cfg)
+        data_source(cfg).prepare()
         ensure_backbone(cfg)
     barrier()
 

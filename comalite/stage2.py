@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,7 @@ def contrastive_step(backbone: Backbone, train: list[TrainPair], cfg: Config) ->
     sampler = SubBatchSampler([p.subset for p in train], train_cfg.batch_size, s2.sub_batch_size or None,
                               seed=train_cfg.seed)
     loss_fn = make_loss(s2)
-    first_chunk = rank() * -(-(train_cfg.batch_size // world_size()) // s2.chunk_size)  # this process's first chunk
+    first_chunk = rank() * batch_geometry(cfg, len(train)).chunks_per_process  # its place in the global batch
 
     def step_fn(step: int) -> float:
         backbone.train()
@@ -136,6 +137,29 @@ def contrastive_step(backbone: Backbone, train: list[TrainPair], cfg: Config) ->
     return step_fn
 
 
+@dataclass(frozen=True)
+class BatchGeometry:
+    """How one step's global batch is cut: a share per process (whole same-subset sub-batches), each share
+    into GradCache chunks numbered by their place in the global batch (``seed_chunk`` seeds dropout by it)."""
+
+    share: int                # pairs per process
+    chunks_per_process: int   # GradCache chunks of stage2.chunk_size in one share
+
+
+def batch_geometry(cfg: Config, n_pairs: int) -> BatchGeometry:
+    """The one place stage 2's batch geometry is computed and checked against the data and the processes."""
+    s2, n = cfg.stage2, world_size()
+    batch = s2.train.batch_size
+    if n_pairs < batch:
+        raise ConfigError(f"{n_pairs} training pairs cannot fill one batch of stage2.train.batch_size={batch}: "
+                          "lower it or add data")
+    share = batch // n
+    if batch % n or (s2.sub_batch_size and share % s2.sub_batch_size):
+        raise ConfigError(f"stage2.train.batch_size={batch} must split over {n} processes into whole "
+                          f"sub-batches of stage2.sub_batch_size={s2.sub_batch_size}")
+    return BatchGeometry(share=share, chunks_per_process=-(-share // s2.chunk_size))
+
+
 def check_batches(cfg: Config, train: list[TrainPair]) -> None:
     """Settings stage 2 cannot run with, found before any model loads: an unknown ``stage2.loss``; fewer pairs
     than one batch; under ``torch.distributed`` a batch that does not split into whole same-subset sub-batches
@@ -143,13 +167,7 @@ def check_batches(cfg: Config, train: list[TrainPair]) -> None:
     process)."""
     s2, n = cfg.stage2, world_size()
     make_loss(s2)  # an unknown stage2.loss
-    if len(train) < s2.train.batch_size:
-        raise ConfigError(f"{len(train)} training pairs cannot fill one batch of stage2.train.batch_size="
-                          f"{s2.train.batch_size}: lower it or add data")
-    share = s2.train.batch_size // n
-    if s2.train.batch_size % n or (s2.sub_batch_size and share % s2.sub_batch_size):
-        raise ConfigError(f"stage2.train.batch_size={s2.train.batch_size} must split over {n} processes into whole "
-                          f"sub-batches of stage2.sub_batch_size={s2.sub_batch_size}")
+    batch_geometry(cfg, len(train))
     if n > 1 and s2.hard_negatives and any(p.negative is None for p in train):
         raise ConfigError("stage2.hard_negatives with several processes needs a negative in every training row")
 

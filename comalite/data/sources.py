@@ -1,48 +1,135 @@
-"""Where a config's data comes from: ShapesWorld (built on first use) or a local MMEB folder.
+"""Where a config's data comes from: the ``DataSource`` that ``data.source`` names, resolved once by
+``data_source(cfg)`` from a small registry.
 
-The same readers (``comalite.data.io``) read both, so every stage runs the same code on the tiny preset and
-on real MMEB subsets; only the folders differ. A dataset folder is one that holds data files of its split
-(``original*`` for training, ``test*`` for evaluation); hidden folders (``.cache``) and folders without such
-files (an unzipped ``images/``) are not datasets and are skipped.
+Two sources ship: ``mmeb``, local folders of MMEB subsets (``MmebSource``, here), and ``shapesworld``, built
+on first use (``comalite.shapesworld.source``). A source says how its folder is made ready and where in it the
+images, the stage-1 dialogues, the training subsets and the eval datasets are; the functions below
+(``ensure_data``, ``train_pairs``, ``eval_datasets``, ...) are what the rest of comalite calls, and each asks
+the config's source. The same readers (``comalite.data.io``) read every source, so every stage runs the same
+code on the tiny preset and on real MMEB subsets; only the folders differ. A dataset folder is one that holds
+data files of its split (``original*`` for training, ``test*`` for evaluation); hidden folders (``.cache``) and
+folders without such files (an unzipped ``images/``) are not datasets and are skipped.
+
+Adding a source: subclass ``DataSource``, decorate it with ``@register_source``, and import its module before
+use, or name that module in ``SOURCE_MODULES`` to have it imported on first use (how ``shapesworld``, which
+lives above ``data/``, is found without ``data/`` importing it). ``tests/test_data_source.py`` adds one.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
 from ..config import Config
 from ..errors import ConfigError, DataFormatError
 from ..records import Dialogue, EvalDataset, TrainPair
-from ..shapesworld import build_shapesworld
 from .io import data_files, read_dialogues, read_eval_dataset, read_train_subset, sample_rows
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"  # ShapesWorld's: its parameters, so its fingerprint covers every image
+MANIFEST = "manifest.json"  # a data root's parameters (ShapesWorld writes one), fingerprinted with its files
+
+
+class DataSource:
+    """One kind of data a config can name as ``data.source``, bound to that config. Its folder is ``data.root``
+    (else ``data/<data.name>``); the settings ``data.image_root``, ``stage1.dialogues`` and ``eval.root``, when
+    set, win over what a source says here. The defaults are a folder of MMEB-train subsets and nothing else."""
+
+    name = ""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def ensure(self) -> Path:
+        """The data root, ready to read: built first if this source generates it, else checked (a
+        ``ConfigError`` that says what to set when it is missing)."""
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Build what comalite generates, once, before a run (``pipeline.prepare``, on rank 0). Data that must
+        be downloaded is not asked for here: each step asks for the folders it reads."""
+
+    def image_folder(self, root: Path) -> Path:
+        """The folder image paths of training files and stage-1 dialogues are relative to, in data root
+        ``root``, when ``data.image_root`` is not set."""
+        return root
+
+    def train_folder(self, root: Path) -> Path:
+        """The folder of the training subsets (one sub-folder each) in data root ``root``."""
+        return root
+
+    def dialogues_file(self) -> Path:
+        """The stage-1 jsonl when ``stage1.dialogues`` is not set."""
+        raise ConfigError("stage1.dialogues is not set: give the stage-1 jsonl (write one with "
+                          "`comalite stage1-data`), e.g. --set stage1.dialogues=/data/stage1.jsonl")
+
+    def eval_folders(self) -> tuple[Path, Path]:
+        """(folder with one sub-folder per eval dataset, image root) when ``eval.root`` is not set."""
+        raise ConfigError("eval.root is not set: --set eval.root=/path/to/MMEB-eval (one folder per dataset; "
+                          "see data/README.md)")
+
+    def question_language(self) -> int:
+        """The ShapesWorld question language (``data.language``) of this data's text, which the tiny VLM's
+        tokenizer is trained on: 1, as the shipped one was built, unless the source writes ShapesWorld's."""
+        return 1
+
+
+SOURCES: dict[str, type[DataSource]] = {}
+"""The registered data sources by name (``data.source``)."""
+SOURCE_MODULES = {"shapesworld": "comalite.shapesworld.source"}
+"""Sources that live above ``data/`` -> the module that registers them, imported on first use of the name."""
+
+
+def register_source(cls: type[DataSource]) -> type[DataSource]:
+    """Class decorator: register ``cls`` under ``cls.name``."""
+    SOURCES[cls.name] = cls
+    return cls
+
+
+def source_names() -> tuple[str, ...]:
+    """Every name ``data.source`` may take."""
+    return tuple(dict.fromkeys([*SOURCE_MODULES, *SOURCES]))
+
+
+def data_source(cfg: Config) -> DataSource:
+    """The data source ``cfg.data.source`` names, bound to ``cfg``."""
+    name = cfg.data.source
+    if name not in SOURCES and name in SOURCE_MODULES:
+        importlib.import_module(SOURCE_MODULES[name])
+    if name not in SOURCES:
+        raise ConfigError(f"data.source={name!r}: choose one of {', '.join(source_names())}")
+    return SOURCES[name](cfg)
+
+
+@register_source
+class MmebSource(DataSource):
+    """Local copies of TIGER-Lab/MMEB-train (``data.root``: one folder per subset, images unzipped) and
+    MMEB-eval (``eval.root``); stage-1 dialogues from ``stage1.dialogues``."""
+
+    name = "mmeb"
+
+    def ensure(self) -> Path:
+        root = self.cfg.data_root()
+        if not self.cfg.data.root:
+            raise ConfigError("data.source is 'mmeb' but data.root is not set: --set data.root=/path/to/MMEB-train "
+                              "(one folder per subset, images unzipped; see data/README.md)")
+        if not root.is_dir():
+            raise ConfigError(f"data.root={root} does not exist: set it to a local copy of TIGER-Lab/MMEB-train "
+                              "(see data/README.md)")
+        return root
 
 
 def ensure_data(cfg: Config) -> Path:
-    """The data root; for ShapesWorld, build it there first if it is missing (seeded, idempotent)."""
-    root = cfg.data_root()
-    if cfg.data.source == "shapesworld":
-        d = cfg.data
-        build_shapesworld(root, seed=d.seed, n_stage1_images=d.n_stage1_images,
-                          n_train_per_subset=d.n_train_per_subset, n_eval_queries=d.n_eval_queries,
-                          n_candidates=d.n_candidates, image_size=d.image_size, language=d.language)
-    elif not cfg.data.root:
-        raise ConfigError("data.source is 'mmeb' but data.root is not set: --set data.root=/path/to/MMEB-train "
-                          "(one folder per subset, images unzipped; see data/README.md)")
-    elif not root.is_dir():
-        raise ConfigError(f"data.root={root} does not exist: set it to a local copy of TIGER-Lab/MMEB-train "
-                          "(see data/README.md)")
-    return root
+    """The data root; for a generated source (ShapesWorld), built there first if it is missing (seeded,
+    idempotent)."""
+    return data_source(cfg).ensure()
 
 
 def image_root(cfg: Config, root: Path) -> Path:
     """The folder the image paths of training files and stage-1 dialogues are relative to: ``data.image_root``,
-    else the data folder ``root`` (ShapesWorld: ``root/images``)."""
+    else the source's in the data folder ``root`` (MMEB: ``root``; ShapesWorld: ``root/images``)."""
     if cfg.data.image_root:
         return Path(cfg.data.image_root)
-    return root / "images" if cfg.data.source == "shapesworld" else root
+    return data_source(cfg).image_folder(root)
 
 
 def holds_split(folder: Path, split: str) -> bool:
@@ -65,13 +152,10 @@ def dataset_folders(root: Path, *splits: str) -> list[str]:
 
 
 def stage1_dialogues_path(cfg: Config) -> Path:
-    """The stage-1 jsonl: ``stage1.dialogues``, else ShapesWorld's."""
+    """The stage-1 jsonl: ``stage1.dialogues``, else the source's (ShapesWorld's; MMEB has none)."""
     if cfg.stage1.dialogues:
         return Path(cfg.stage1.dialogues)
-    if cfg.data.source != "shapesworld":
-        raise ConfigError("stage1.dialogues is not set: give the stage-1 jsonl (write one with "
-                          "`comalite stage1-data`), e.g. --set stage1.dialogues=/data/stage1.jsonl")
-    return ensure_data(cfg) / "stage1" / "dialogues.jsonl"
+    return data_source(cfg).dialogues_file()
 
 
 def stage1_files(cfg: Config) -> list[Path]:
@@ -91,8 +175,8 @@ def stage1_dialogues(cfg: Config) -> list[Dialogue]:
 
 
 def _train_dir(cfg: Config) -> Path:
-    root = ensure_data(cfg)
-    return root / "train" if cfg.data.source == "shapesworld" else root
+    source = data_source(cfg)
+    return source.train_folder(source.ensure())
 
 
 def train_subsets(cfg: Config) -> tuple[str, ...]:
@@ -168,11 +252,7 @@ def eval_root(cfg: Config) -> tuple[Path, Path]:
     if cfg.eval.root:
         root = Path(cfg.eval.root)
         return root, Path(cfg.eval.image_root) if cfg.eval.image_root else root
-    if cfg.data.source != "shapesworld":
-        raise ConfigError("eval.root is not set: --set eval.root=/path/to/MMEB-eval (one folder per dataset; "
-                          "see data/README.md)")
-    root = ensure_data(cfg)
-    return root / "eval", root / "images"
+    return data_source(cfg).eval_folders()
 
 
 def eval_datasets(cfg: Config) -> list[EvalDataset]:

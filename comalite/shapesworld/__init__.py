@@ -24,7 +24,8 @@ The modules, each importing only those above it:
   question languages (``data.language``: 1 as the shipped tiny VLM was built, 2 balanced answers and leak-free
   dialogues, checked by ``dialogue_leaks``);
 - ``build``: the dataset registry (``SHAPESWORLD_DATASETS``, ``TRAIN_SUBSETS``), the image writer, one
-  example builder per task, and ``build_shapesworld``.
+  example builder per task, and ``build_shapesworld``;
+- ``source``: ``ShapesWorldSource``, ShapesWorld as ``data.source: shapesworld`` (``comalite.data.sources``).
 """
 from .build import SHAPESWORLD_DATASETS, TRAIN_SUBSETS, build_shapesworld
 from .asking import dialogue_leaks, qa_dialogue, text_corpus
@@ -32,9 +33,10 @@ from .language import DESCRIBE, LANGUAGES, describe, question_template
 from .render import object_geometry, render
 from .scene import (COLORS, HELDOUT_COMBOS, POSITIONS, SHAPES, SIZES, STYLES, Background, Obj, Scene,
                     sample_scene)
+from .source import ShapesWorldSource
 
 __all__ = [
     "COLORS", "DESCRIBE", "HELDOUT_COMBOS", "LANGUAGES", "POSITIONS", "SHAPES", "SHAPESWORLD_DATASETS", "SIZES",
-    "STYLES", "TRAIN_SUBSETS", "Background", "Obj", "Scene", "build_shapesworld", "describe", "dialogue_leaks",
-    "object_geometry", "qa_dialogue", "question_template", "render", "sample_scene", "text_corpus",
+    "STYLES", "TRAIN_SUBSETS", "Background", "Obj", "Scene", "ShapesWorldSource", "build_shapesworld", "describe",
+    "dialogue_leaks", "object_geometry", "qa_dialogue", "question_template", "render", "sample_scene", "text_corpus",
 ]

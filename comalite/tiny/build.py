@@ -38,7 +38,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from ..backbone import load_backbone, use_cpu_threads
 from ..checkpoints import write_checksums
 from ..config import Config, ModelConfig, TrainConfig
-from ..data.sources import stage1_dialogues
+from ..data.sources import data_source, stage1_dialogues
 from ..objective import answer_accuracy, train_lm
 from ..processor import VLProcessor
 from ..records import Dialogue
@@ -226,7 +226,7 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Pat
     start = time.perf_counter()
     use_cpu_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    language = data_cfg.data.language if data_cfg.data.source == "shapesworld" else 1
+    language = data_source(data_cfg).question_language()
     tokenizer = train_tokenizer(text_corpus(seed=tc.seed, language=language), tc.vocab_size)
     pixels = tc.image_size * tc.image_size
     image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels // 4, max_pixels=pixels)
