@@ -61,7 +61,7 @@ def measure(spec: dict) -> dict:
 
     from comalite.config import load_config
     from comalite.data.sources import stage1_dialogues, train_pairs
-    from comalite.objective import lm_step
+    from comalite.objective import LMObjective, lm_step
     from comalite.stage1 import load_stage1_backbone
     from comalite.stage2 import contrastive_step, load_stage2_backbone, split_heldout
 
@@ -72,8 +72,7 @@ def measure(spec: dict) -> dict:
         backbone = load_stage1_backbone(cfg)
         items = stage1_dialogues(cfg)[:-s1.heldout]
         train_cfg = s1.train
-        step_fn = lm_step(backbone, items, train_cfg, compression_mask=s1.mask, supervise=s1.supervise,
-                          with_compression=True, stage1_cfg=s1)
+        step_fn = lm_step(backbone, items, train_cfg, LMObjective.for_stage1(s1))
     else:
         backbone = load_stage2_backbone(cfg)
         items = split_heldout(train_pairs(cfg))[0]

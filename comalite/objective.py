@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +109,25 @@ def generate_answer(backbone: Backbone, example: Example, *, compression_mask: b
     return processor.tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
-def lm_step(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig, *, compression_mask: bool,
-            supervise: str, with_compression: bool, stage1_cfg: Stage1Config) -> Callable[[int], float]:
+@dataclass(frozen=True)
+class LMObjective:
+    """What a next-token stage learns from: how a dialogue becomes a sequence (``layout``: the prompts and
+    the maximum length of ``Stage1Config``), whether the compression tokens are in it and the compression
+    mask is on, and which tokens are supervised. Stage 1 is ``for_stage1``; the tiny VLM's stage 0 is plain
+    causal next-token training with no compression tokens."""
+
+    layout: Stage1Config
+    compression_mask: bool = True
+    with_compression: bool = True
+    supervise: str = "answers"
+
+    @classmethod
+    def for_stage1(cls, s1: Stage1Config) -> "LMObjective":
+        return cls(layout=s1, compression_mask=s1.mask, with_compression=True, supervise=s1.supervise)
+
+
+def lm_step(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig,
+            objective: LMObjective) -> Callable[[int], float]:
     """``step_fn(step) -> loss``: the forward and backward passes of one optimizer step of next-token training.
 
     Each step takes ``train.batch_size`` dialogues (``batching.batch_indices``), in ``train.grad_accum``
@@ -130,10 +148,10 @@ def lm_step(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig, *
         total = 0.0
         for k in mine:
             seed_chunk(train.seed, step, k)
-            examples = dialogue_examples(backbone.processor, [dialogues[i] for i in micro_batches[k]], stage1_cfg,
-                                         with_compression=with_compression)
-            loss = lm_loss(backbone, collate(examples, pad_id), compression_mask=compression_mask,
-                           supervise=supervise) / len(mine)
+            examples = dialogue_examples(backbone.processor, [dialogues[i] for i in micro_batches[k]],
+                                         objective.layout, with_compression=objective.with_compression)
+            loss = lm_loss(backbone, collate(examples, pad_id), compression_mask=objective.compression_mask,
+                           supervise=objective.supervise) / len(mine)
             loss.backward()
             total += loss.item()
         return total
@@ -141,13 +159,12 @@ def lm_step(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig, *
     return step_fn
 
 
-def train_lm(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig, out_dir: Path, *,
-             compression_mask: bool, supervise: str, with_compression: bool, stage1_cfg: Stage1Config,
-             desc: str = "stage 1", fingerprint: str = "", stop_at: int | None = None) -> list[dict]:
+def train_lm(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig, out_dir: Path,
+             objective: LMObjective, *, desc: str = "stage 1", fingerprint: str = "",
+             stop_at: int | None = None) -> list[dict]:
     """Next-token training on dialogues (stage 0 and stage 1 both call this): ``lm_step`` in the shared
     ``Trainer``; returns the loss history. ``fingerprint`` identifies the run in its checkpoints."""
     seed_everything(train.seed)
-    step_fn = lm_step(backbone, dialogues, train, compression_mask=compression_mask, supervise=supervise,
-                      with_compression=with_compression, stage1_cfg=stage1_cfg)
+    step_fn = lm_step(backbone, dialogues, train, objective)
     trainer = Trainer(backbone.trainable_parameters(), train, out_dir, step_fn, desc=desc, fingerprint=fingerprint)
     return trainer.run(stop_at=stop_at)

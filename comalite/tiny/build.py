@@ -39,7 +39,7 @@ from ..backbone import load_backbone, use_cpu_threads
 from ..checkpoints import write_checksums
 from ..config import Config, ModelConfig, TrainConfig
 from ..data.sources import data_source, stage1_dialogues
-from ..objective import answer_accuracy, train_lm
+from ..objective import LMObjective, answer_accuracy, train_lm
 from ..processor import VLProcessor
 from ..records import Dialogue
 from ..sequence import dialogue_examples
@@ -259,8 +259,9 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Pat
     if tc.split_turns:  # stage 0 only: the report splits the held-out dialogues itself
         stage0 = [Dialogue(turns=(turn,), image=d.image, text=d.text) for d in stage0 for turn in d.turns]
     clock = time.perf_counter()
-    history = train_lm(backbone, stage0, tc.stage0, work / "stage0", compression_mask=False, supervise=tc.supervise,
-                       with_compression=False, stage1_cfg=data_cfg.stage1, desc="stage 0")
+    stage0_objective = LMObjective(layout=data_cfg.stage1, compression_mask=False, with_compression=False,
+                                   supervise=tc.supervise)  # plain causal next-token training, no compression tokens
+    history = train_lm(backbone, stage0, tc.stage0, work / "stage0", stage0_objective, desc="stage 0")
     stage0_seconds = time.perf_counter() - clock
     heldout_examples = dialogue_examples(backbone.processor, heldout, data_cfg.stage1, with_compression=False)
     accuracy = answer_accuracy(backbone, heldout_examples, compression_mask=False)
