@@ -15,8 +15,8 @@ from comalite.config import load_config
 from comalite.data.io import read_dialogues
 from comalite.records import Dialogue, Turn
 from comalite.shapesworld import build_shapesworld, qa_dialogue, question_template, sample_scene, text_corpus
-from comalite.shapesworld.asking import _pick_question, answer_set, dialogue_leaks
-from comalite.shapesworld.language import ANSWERS, DESCRIBE, _questions, describe
+from comalite.shapesworld.asking import pick_question, answer_set, dialogue_leaks
+from comalite.shapesworld.language import ANSWERS, DESCRIBE, scene_questions, describe
 from comalite.tiny.build import blind_baseline, blind_by_template, stage0_dialogues
 
 YESNO = ("Is there an object {place}?", "Is there a {object}?", "Is the {object} {relation} the {object}?")
@@ -79,9 +79,9 @@ def _distributions(language: int, n: int = 2000) -> tuple[dict, dict]:
         scene = sample_scene(rng)
         for t in qa_dialogue(scene, rng, int(rng.integers(3, 6)), language):
             dialogues[question_template(t.question)][t.answer] += 1
-        questions = _questions(scene)
+        questions = scene_questions(scene)
         for _ in range(4):  # as the VQA builders pick (SW-VQA: one question per image)
-            q = _pick_question(rng, questions, language).turn
+            q = pick_question(rng, questions, language).turn
             vqa[question_template(q.question)][q.answer] += 1
     return dialogues, vqa
 
@@ -188,7 +188,7 @@ def test_blind_baseline_is_the_template_prior_never_below_a_uniform_guess():
 def test_answer_sets_come_from_the_answer_kinds():
     rng = np.random.default_rng(0)
     for _ in range(50):
-        for q in _questions(sample_scene(rng)):
+        for q in scene_questions(sample_scene(rng)):
             assert answer_set(q.turn.question) == ANSWERS[q.answers]
             assert q.turn.answer in answer_set(q.turn.question)
     assert answer_set(DESCRIBE) == () and answer_set("What is in the picture?") == ()

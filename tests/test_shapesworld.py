@@ -25,7 +25,7 @@ from comalite.shapesworld import (
     sample_scene,
     text_corpus,
 )
-from comalite.shapesworld.language import _questions
+from comalite.shapesworld.language import scene_questions
 
 SMALL = dict(seed=0, n_stage1_images=16, n_train_per_subset=8, n_eval_queries=8, n_candidates=5, image_size=56)
 
@@ -77,7 +77,7 @@ def test_describe_hand_built_scene():
 
 
 def test_questions_have_exact_answers():
-    qa = {q.turn.question: q.turn.answer for q in _questions(SCENE)}
+    qa = {q.turn.question: q.turn.answer for q in scene_questions(SCENE)}
     expected = {
         "How many objects are there?": "three",
         "How many red objects are there?": "two",
@@ -110,19 +110,19 @@ def test_questions_have_exact_answers():
 def test_twins_are_named_by_size_or_not_at_all():
     bg = Background("noise", ("slate",), seed=3)
     by_size = Scene((Obj("circle", "red", "large", 0, 0), Obj("circle", "red", "small", 0, 2)), bg)
-    qa = {q.turn.question: q.turn.answer for q in _questions(by_size)}
+    qa = {q.turn.question: q.turn.answer for q in scene_questions(by_size)}
     assert qa["Where is the small red circle?"] == "top right"
     assert qa["Is the large red circle left of the small red circle?"] == "yes"
     assert qa["How many circles are there?"] == "two"
     twins = Scene((Obj("circle", "red", "small", 0, 0), Obj("circle", "red", "small", 2, 0)), bg)
-    questions = [q.turn.question for q in _questions(twins)]
+    questions = [q.turn.question for q in scene_questions(twins)]
     # Naming a twin by its cell would give the answer away, so no "where" or relation question is asked.
     assert not any(q.startswith("Where is") or " of " in q or "above" in q or "below" in q for q in questions)
-    assert {q.turn.question: q.turn.answer for q in _questions(twins)}["How many red objects are there?"] == "two"
+    assert {q.turn.question: q.turn.answer for q in scene_questions(twins)}["How many red objects are there?"] == "two"
 
 
 def test_qa_dialogue_distinct_varied_and_bounded():
-    known = {q.turn for q in _questions(SCENE)}
+    known = {q.turn for q in scene_questions(SCENE)}
     turns = qa_dialogue(SCENE, np.random.default_rng(0), 5)
     assert len(turns) == 5 and len(set(turns)) == 5 and set(turns) <= known
     assert qa_dialogue(SCENE, np.random.default_rng(0), 5) == turns  # seeded
@@ -256,7 +256,7 @@ def test_stage1_dialogues(world):
     assert len(dialogues) == SMALL["n_stage1_images"]
     for d in dialogues:
         assert 3 <= len(d.turns) <= 5 and index[d.image]["part"] == "stage1"
-        qa = {q.turn.question: q.turn.answer for q in _questions(index[d.image]["scene"])}
+        qa = {q.turn.question: q.turn.answer for q in scene_questions(index[d.image]["scene"])}
         for k, turn in enumerate(d.turns):
             if turn.question == "Describe the image in detail.":
                 assert k == 0 and turn.answer == describe(index[d.image]["scene"])
@@ -289,7 +289,7 @@ def test_eval_sets_read_back_with_truth_first(world):
                 assert truth.text == expected and len(q.candidates) == labels
             elif info.meta_task == "vqa":
                 question = q.query.text[len(info.instruction):]
-                qa = {x.turn.question: x.turn.answer for x in _questions(scene)}
+                qa = {x.turn.question: x.turn.answer for x in scene_questions(scene)}
                 assert truth.text == qa[question] and truth.text not in [c.text for c in others]
             elif info.name.startswith("SW-T2I"):
                 caption = q.query.text[len(info.instruction):]

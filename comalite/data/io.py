@@ -38,7 +38,7 @@ from comalite.records import (
 
 TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
 EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
-_OPTIONAL_TRAIN_COLUMNS = ("neg_text", "neg_image_path")
+OPTIONAL_TRAIN_COLUMNS = ("neg_text", "neg_image_path")
 
 log = logging.getLogger(__name__)
 

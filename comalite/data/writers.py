@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from comalite.atomic import atomic_write
-from comalite.data.io import _OPTIONAL_TRAIN_COLUMNS, EVAL_COLUMNS, TRAIN_COLUMNS
+from comalite.data.io import OPTIONAL_TRAIN_COLUMNS, EVAL_COLUMNS, TRAIN_COLUMNS
 from comalite.records import Dialogue
 
 
@@ -32,7 +32,7 @@ def _columns(rows: list[dict], columns: tuple[str, ...], optional: tuple[str, ..
 
 def write_train_subset(rows: list[dict], path) -> None:
     """Write MMEB-train-schema rows (dicts keyed by ``TRAIN_COLUMNS``; ``neg_*`` default "") to parquet."""
-    data = _columns(rows, TRAIN_COLUMNS, _OPTIONAL_TRAIN_COLUMNS, "")
+    data = _columns(rows, TRAIN_COLUMNS, OPTIONAL_TRAIN_COLUMNS, "")
     table = pa.table({c: pa.array(data[c], pa.string()) for c in TRAIN_COLUMNS})
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 

@@ -14,9 +14,9 @@ import numpy as np
 
 from comalite.records import Turn
 
-from .language import (_RELATIONS, ANSWERS, CLASSIFY, COUNT, COUNT_LABELS, CROP_TARGET, DESCRIBE, GROUND, I2T,
-                       IMAGE_TARGET, OBJECT_LABELS, T2I, VQA, _Question, _questions, check_language, describe)
-from .scene import COLORS, NUMBER_WORDS, PLURALS, POSITIONS, SHAPES, SIZES, STYLES, Scene, _pick, sample_scene
+from .language import (RELATIONS, ANSWERS, CLASSIFY, COUNT, COUNT_LABELS, CROP_TARGET, DESCRIBE, GROUND, I2T,
+                       IMAGE_TARGET, OBJECT_LABELS, T2I, VQA, Question, scene_questions, check_language, describe)
+from .scene import COLORS, NUMBER_WORDS, PLURALS, POSITIONS, SHAPES, SIZES, STYLES, Scene, pick, sample_scene
 
 
 # Language 2's counts ("How many {color} objects", "How many {shapes}"): among the counts this scene can
@@ -28,7 +28,7 @@ _COUNT_WEIGHTS = (1.0, 1.0, 8.0, 60.0, 600.0)
 _COUNT_KEEP = (0.6, 0.6, 1.0, 1.0, 1.0)
 
 
-def _pick_balanced(rng, questions: list[_Question], *, strict: bool = True) -> _Question | None:
+def _pick_balanced(rng, questions: list[Question], *, strict: bool = True) -> Question | None:
     """Language 2: one of ``questions`` (all of one type), chosen so that answers are balanced over scenes.
 
     - yes/no types: a fair coin picks the answer, then a question with that answer (an occupied or an empty
@@ -47,26 +47,26 @@ def _pick_balanced(rng, questions: list[_Question], *, strict: bool = True) -> _
             if strict:
                 return None
             same = questions
-        return _pick(rng, same)
+        return pick(rng, same)
     if kind in ("count color", "count shape"):
         counts = sorted({NUMBER_WORDS.index(q.turn.answer) for q in questions})
         weights = np.array([_COUNT_WEIGHTS[c] for c in counts])
         count = counts[int(rng.choice(len(counts), p=weights / weights.sum()))]
         if rng.random() >= _COUNT_KEEP[count]:
             return None
-        return _pick(rng, [q for q in questions if q.turn.answer == NUMBER_WORDS[count]])
-    return _pick(rng, questions)
+        return pick(rng, [q for q in questions if q.turn.answer == NUMBER_WORDS[count]])
+    return pick(rng, questions)
 
 
-def _pick_question(rng, questions: list[_Question], language: int = 1) -> _Question:
+def pick_question(rng, questions: list[Question], language: int = 1) -> Question:
     """A question type first, then a question of it: otherwise the many yes/no variants would dominate.
     Language 2 picks within the type with ``_pick_balanced`` (a type it declines is drawn again)."""
     kinds = sorted({q.kind for q in questions})
     if language == 1:
-        kind = _pick(rng, kinds)
-        return _pick(rng, [q for q in questions if q.kind == kind])
+        kind = pick(rng, kinds)
+        return pick(rng, [q for q in questions if q.kind == kind])
     while True:
-        kind = _pick(rng, kinds)
+        kind = pick(rng, kinds)
         # not strict: a held-out VQA image may offer one answer only (an absent held-out combination is never named)
         q = _pick_balanced(rng, [q for q in questions if q.kind == kind], strict=False)
         if q is not None:
@@ -88,7 +88,7 @@ _PARSE = [(name, re.compile(pattern)) for name, pattern in (
     ("shape of", r"What shape is the (" + "|".join(COLORS) + r") object\?"),
     ("count shape", r"How many (" + "|".join(PLURALS.values()) + r") are there\?"),
     ("color of", r"What color is the (" + "|".join(SHAPES) + r")\?"),
-    ("relation", r"Is the " + _OBJ + " (?:" + "|".join(_RELATIONS) + ") the " + _OBJ + r"\?"),
+    ("relation", r"Is the " + _OBJ + " (?:" + "|".join(RELATIONS) + ") the " + _OBJ + r"\?"),
     ("exists", r"Is there an? (" + "|".join(COLORS) + ") (" + "|".join(SHAPES) + r")\?"),
 )]
 
@@ -261,7 +261,7 @@ def qa_dialogue(scene: Scene, rng: np.random.Generator, n_turns: int, language: 
     if check_language(language) == 2:
         return _qa_dialogue_balanced(scene, rng, n_turns)
     by_kind: dict[str, list[Turn]] = {}
-    for q in _questions(scene):
+    for q in scene_questions(scene):
         by_kind.setdefault(q.kind, []).append(q.turn)
     if n_turns > sum(len(t) for t in by_kind.values()):
         raise ValueError(f"cannot ask {n_turns} distinct questions about this scene")
@@ -272,7 +272,7 @@ def qa_dialogue(scene: Scene, rng: np.random.Generator, n_turns: int, language: 
         for kind in kinds:
             unused = [t for t in by_kind[kind] if t not in turns]
             if unused and len(turns) < n_turns:
-                turns.append(_pick(rng, unused))
+                turns.append(pick(rng, unused))
     return tuple(turns)
 
 
@@ -286,8 +286,8 @@ def _qa_dialogue_balanced(scene: Scene, rng: np.random.Generator, n_turns: int) 
     declined or with none left is replaced by the next in the order, an inventory type only while no other
     has been asked: asked after objects were named, their "yes"/non-zero questions would often be given
     away and dropped, skewing their answers."""
-    by_kind: dict[str, list[_Question]] = {}
-    for q in _questions(scene):
+    by_kind: dict[str, list[Question]] = {}
+    for q in scene_questions(scene):
         by_kind.setdefault(q.kind, []).append(q)
     names = sorted(by_kind)
     kinds = [names[int(i)] for i in rng.permutation(len(names))]
@@ -323,13 +323,13 @@ def text_corpus(seed: int = 0, n: int = 2000, language: int = 1) -> list[str]:
              " ".join(PLURALS.values()), " ".join(NUMBER_WORDS), "yes no"]
     rng = np.random.default_rng([seed, zlib.crc32(b"text_corpus")])
     while len(texts) < n:
-        scene = sample_scene(rng, style=_pick(rng, STYLES), allow_heldout=True)
+        scene = sample_scene(rng, style=pick(rng, STYLES), allow_heldout=True)
         texts.append(describe(scene))
-        by_kind: dict[str, list[_Question]] = {}
-        for q in _questions(scene):
+        by_kind: dict[str, list[Question]] = {}
+        for q in scene_questions(scene):
             by_kind.setdefault(q.kind, []).append(q)
         for kind in sorted(by_kind):
-            q = _pick(rng, by_kind[kind]) if language == 1 else _pick_balanced(rng, by_kind[kind], strict=False)
+            q = pick(rng, by_kind[kind]) if language == 1 else _pick_balanced(rng, by_kind[kind], strict=False)
             if q is not None:
                 texts.append(f"{q.turn.question} {q.turn.answer}")
     return texts[:n]

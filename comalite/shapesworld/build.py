@@ -14,11 +14,11 @@ import numpy as np
 from comalite.data.writers import write_dialogues, write_eval_dataset, write_train_subset
 from comalite.records import DatasetInfo, Dialogue, Turn
 
-from .asking import _pick_question, qa_dialogue
+from .asking import pick_question, qa_dialogue
 from .language import (ANSWERS, CLASSIFY, COUNT, COUNT_LABELS, CROP_TARGET, DESCRIBE, GROUND, I2T, IMAGE_TARGET,
-                       OBJECT_LABELS, T2I, VQA, _questions, _refer, check_language, describe)
-from .render import _render_crop, render
-from .scene import HELDOUT_COMBOS, MAX_OBJECTS, NUMBER_WORDS, Scene, _perturb, _with_heldout, sample_scene
+                       OBJECT_LABELS, T2I, VQA, scene_questions, refer, check_language, describe)
+from .render import render_crop, render
+from .scene import HELDOUT_COMBOS, MAX_OBJECTS, NUMBER_WORDS, Scene, perturb, with_heldout, sample_scene
 
 
 def _info(name, meta_task, split, instruction, query, target) -> DatasetInfo:
@@ -82,7 +82,7 @@ class _Writer:
         if path.parent not in self._folders:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._folders.add(path.parent)
-        image = render(scene, self.size) if obj is None else _render_crop(scene, obj, self.size)
+        image = render(scene, self.size) if obj is None else render_crop(scene, obj, self.size)
         image.save(path, format="PNG", compress_level=1)  # fast; PNG stores no timestamp, so bytes repeat
         self.index.append({"image": rel, "part": part, "object": obj, "scene": _scene_dict(scene)})
         return rel
@@ -100,7 +100,7 @@ def _scene_for(w: _Writer, rng, style: str, heldout: bool, n_objects=None) -> tu
         scene = w.new_scene(rng, n_objects=n_objects, style=style)
         if not heldout:
             return scene, int(rng.integers(len(scene.objects)))
-        scene, k = _with_heldout(scene, rng)
+        scene, k = with_heldout(scene, rng)
         if scene not in w.seen:
             w.seen.add(scene)
             return scene, k
@@ -140,10 +140,10 @@ def _vqa_examples(w: _Writer, rng, pool, part, n, style, heldout, language: int 
     examples = []
     for i in range(n):
         scene, k = _scene_for(w, rng, style, heldout)
-        questions = _questions(scene)
+        questions = scene_questions(scene)
         if heldout:  # only questions whose answer depends on the held-out object ("how many objects" does not)
             questions = [q for q in questions if k in q.about and q.kind != "count"]
-        q = _pick_question(rng, questions, language)
+        q = pick_question(rng, questions, language)
         others = [a for a in ANSWERS[q.answers] if a != q.turn.answer]
         others = [others[int(j)] for j in rng.permutation(len(others))]
         image = w.save(scene, f"{pool}/{i:05d}.png", part)
@@ -162,7 +162,7 @@ def _retrieval_examples(w: _Writer, rng, task, pool, part, n, style, heldout, n_
     for i, scene in enumerate(scenes):
         hard: list[Scene] = []
         while len(hard) < n_hard:
-            other = _perturb(scene, rng, allow_heldout=heldout)
+            other = perturb(scene, rng, allow_heldout=heldout)
             if other not in w.seen and describe(other) not in {describe(h) for h in hard}:
                 w.seen.add(other)
                 hard.append(other)
@@ -210,7 +210,7 @@ def _ground_examples(w: _Writer, rng, pool, part, n, style, heldout, n_candidate
                 o = picks[j][0].objects[m]
                 if j != i and (o.color, o.shape, o.size) != (target.color, target.shape, target.size):
                     negs.append(crop(int(j), m))
-        query = (f'{GROUND} "{_refer(scene, target)}"', images[i])
+        query = (f'{GROUND} "{refer(scene, target)}"', images[i])
         examples.append(_Example(query, crop(i, k), negs))
     return examples
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from comalite.config import LANGUAGES
 from comalite.records import IMAGE_PLACEHOLDER, Turn
 
-from .scene import COLORS, HELDOUT_COMBOS, NUMBER_WORDS, PLURALS, POSITIONS, SHAPES, SIZES, Obj, Scene, _position_name
+from .scene import COLORS, HELDOUT_COMBOS, NUMBER_WORDS, PLURALS, POSITIONS, SHAPES, SIZES, Obj, Scene, position_name
 
 
 def _join(phrases: list[str]) -> str:
@@ -23,7 +23,7 @@ def describe(scene: Scene) -> str:
     return f"{NUMBER_WORDS[n]} object{'s' if n > 1 else ''}: {_join(phrases)}."
 
 
-def _refer(scene: Scene, obj: Obj) -> str | None:
+def refer(scene: Scene, obj: Obj) -> str | None:
     """"the red circle", or "the small red circle" where that is needed to pick out ``obj`` alone; None
     for a twin (naming its cell would give away "where" and relation answers). Color and shape are always
     named, so a held-out combination has to be bound to be found."""
@@ -35,7 +35,7 @@ def _refer(scene: Scene, obj: Obj) -> str | None:
     return None
 
 
-_RELATIONS = {"left of": lambda a, b: a.col < b.col, "right of": lambda a, b: a.col > b.col,
+RELATIONS = {"left of": lambda a, b: a.col < b.col, "right of": lambda a, b: a.col > b.col,
               "above": lambda a, b: a.row < b.row, "below": lambda a, b: a.row > b.row}
 
 # The answer set of each answer kind: VQA candidates are drawn from the question's own kind.
@@ -44,31 +44,31 @@ ANSWERS = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES, "count": NUMB
 
 
 @dataclass(frozen=True)
-class _Question:
+class Question:
     kind: str  # question type, for variety within a dialogue
     answers: str  # key of ANSWERS
     turn: Turn
     about: frozenset[int]  # indices of the objects the answer depends on
 
 
-def _questions(scene: Scene) -> list[_Question]:
+def scene_questions(scene: Scene) -> list[Question]:
     """Every question ShapesWorld asks about the scene, with its exact answer."""
     objs = scene.objects
     yes = {True: "yes", False: "no"}
     out = []
 
     def add(kind, answers, question, answer, about=()):
-        out.append(_Question(kind, answers, Turn(question, answer), frozenset(about)))
+        out.append(Question(kind, answers, Turn(question, answer), frozenset(about)))
 
     for i, o in enumerate(objs):
         for attribute in ("color", "shape", "size"):
             add(f"{attribute} at", attribute, f"What {attribute} is the object {o.where}?", getattr(o, attribute), [i])
-        if _refer(scene, o):
-            add("where", "position", f"Where is {_refer(scene, o)}?", o.position, [i])
+        if refer(scene, o):
+            add("where", "position", f"Where is {refer(scene, o)}?", o.position, [i])
     occupied = {(o.row, o.col) for o in objs}
     for r in range(3):
         for c in range(3):
-            where = "in the center" if (r, c) == (1, 1) else f"at the {_position_name(r, c)}"
+            where = "in the center" if (r, c) == (1, 1) else f"at the {position_name(r, c)}"
             add("occupied", "yesno", f"Is there an object {where}?", yes[(r, c) in occupied])
     add("count", "count", "How many objects are there?", NUMBER_WORDS[len(objs)], range(len(objs)))
     for color in COLORS:
@@ -83,9 +83,9 @@ def _questions(scene: Scene) -> list[_Question]:
             add("color of", "color", f"What color is the {shape}?", objs[about[0]].color, about)
     for i, a in enumerate(objs):
         for j, b in enumerate(objs):
-            if i != j and _refer(scene, a) and _refer(scene, b):
-                for name, holds in _RELATIONS.items():
-                    add("relation", "yesno", f"Is {_refer(scene, a)} {name} {_refer(scene, b)}?",
+            if i != j and refer(scene, a) and refer(scene, b):
+                for name, holds in RELATIONS.items():
+                    add("relation", "yesno", f"Is {refer(scene, a)} {name} {refer(scene, b)}?",
                         yes[holds(a, b)], [i, j])
     present = {(o.color, o.shape) for o in objs}
     for color in COLORS:
@@ -105,7 +105,7 @@ _TEMPLATE_RULES = (
     (re.compile(r"\b(" + "|".join(COLORS) + r")\b"), "{color}"),
     (re.compile(r"\b(" + "|".join(SHAPES) + r")\b"), "{shape}"),
     (re.compile(r"in the center|at the (?:" + "|".join(p for p in POSITIONS if p != "center") + ")"), "{place}"),
-    (re.compile(r"\b(?:" + "|".join(_RELATIONS) + r")\b"), "{relation}"),
+    (re.compile(r"\b(?:" + "|".join(RELATIONS) + r")\b"), "{relation}"),
 )
 
 

@@ -72,7 +72,7 @@ def render(scene: Scene, size: int = 112) -> Image.Image:
     return image
 
 
-def _render_crop(scene: Scene, index: int, size: int) -> Image.Image:
+def render_crop(scene: Scene, index: int, size: int) -> Image.Image:
     """The grid cell of one object, cut from the rendered scene and scaled back to ``size`` (grounding)."""
     obj = scene.objects[index]
     cell = size / 3

@@ -23,11 +23,11 @@ BACKGROUND_COLORS = {"charcoal": (40, 42, 48), "slate": (70, 82, 100), "olive": 
 BACKGROUND_KINDS = ("plain", "gradient", "noise")
 
 
-def _position_name(row: int, col: int) -> str:
+def position_name(row: int, col: int) -> str:
     return "center" if (row, col) == (1, 1) else f"{ROWS[row]} {COLS[col]}"
 
 
-POSITIONS = tuple(_position_name(r, c) for r in range(3) for c in range(3))
+POSITIONS = tuple(position_name(r, c) for r in range(3) for c in range(3))
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Obj:
     @property
     def position(self) -> str:
         """The cell's name, e.g. "top left" or "center"."""
-        return _position_name(self.row, self.col)
+        return position_name(self.row, self.col)
 
     @property
     def where(self) -> str:
@@ -77,26 +77,26 @@ class Scene:
     style: str = "flat"
 
 
-def _pick(rng: np.random.Generator, seq):
+def pick(rng: np.random.Generator, seq):
     return seq[int(rng.integers(len(seq)))]
 
 
 def _sample_object(rng, row: int, col: int, allow_heldout: bool) -> Obj:
     while True:
-        shape, color = _pick(rng, SHAPES), _pick(rng, tuple(COLORS))
+        shape, color = pick(rng, SHAPES), pick(rng, tuple(COLORS))
         if allow_heldout or (color, shape) not in HELDOUT_COMBOS:
             break
     dx, dy = (round(float(v), 3) for v in rng.uniform(-1, 1, size=2))
-    return Obj(shape, color, _pick(rng, SIZES), row, col, dx, dy)
+    return Obj(shape, color, pick(rng, SIZES), row, col, dx, dy)
 
 
 def _sample_background(rng) -> Background:
-    kind = _pick(rng, BACKGROUND_KINDS)
+    kind = pick(rng, BACKGROUND_KINDS)
     names = tuple(BACKGROUND_COLORS)
     if kind == "gradient":
         first, second = rng.choice(len(names), size=2, replace=False)
         return Background(kind, (names[first], names[second]), vertical=bool(rng.integers(2)))
-    return Background(kind, (_pick(rng, names),), seed=int(rng.integers(2**31)) if kind == "noise" else 0)
+    return Background(kind, (pick(rng, names),), seed=int(rng.integers(2**31)) if kind == "noise" else 0)
 
 
 def sample_scene(rng: np.random.Generator, *, n_objects: int | None = None, style: str = "flat",
@@ -115,10 +115,10 @@ def sample_scene(rng: np.random.Generator, *, n_objects: int | None = None, styl
     return Scene(objects, _sample_background(rng), style)
 
 
-def _with_heldout(scene: Scene, rng) -> tuple[Scene, int]:
+def with_heldout(scene: Scene, rng) -> tuple[Scene, int]:
     """The scene with one random object recolored/reshaped into a held-out combination, and its index."""
     k = int(rng.integers(len(scene.objects)))
-    color, shape = _pick(rng, HELDOUT_COMBOS)
+    color, shape = pick(rng, HELDOUT_COMBOS)
     objects = list(scene.objects)
     objects[k] = replace(objects[k], color=color, shape=shape)
     return replace(scene, objects=tuple(objects)), k
@@ -128,29 +128,29 @@ def _is_heldout(obj: Obj) -> bool:
     return (obj.color, obj.shape) in HELDOUT_COMBOS
 
 
-def _perturb(scene: Scene, rng, allow_heldout: bool) -> Scene:
+def perturb(scene: Scene, rng, allow_heldout: bool) -> Scene:
     """A hard negative: the same scene with one change (a color, a shape, a size, a move, or two objects
     swapping colors, which only attribute binding can tell apart); its description always differs."""
     objs = list(scene.objects)
     while True:
         k = int(rng.integers(len(objs)))
-        change = _pick(rng, ("color", "shape", "size", "move", "swap"))
+        change = pick(rng, ("color", "shape", "size", "move", "swap"))
         new = list(objs)
         if change == "color":
-            new[k] = replace(objs[k], color=_pick(rng, [c for c in COLORS if c != objs[k].color]))
+            new[k] = replace(objs[k], color=pick(rng, [c for c in COLORS if c != objs[k].color]))
         elif change == "shape":
-            new[k] = replace(objs[k], shape=_pick(rng, [s for s in SHAPES if s != objs[k].shape]))
+            new[k] = replace(objs[k], shape=pick(rng, [s for s in SHAPES if s != objs[k].shape]))
         elif change == "size":
             new[k] = replace(objs[k], size="large" if objs[k].size == "small" else "small")
         elif change == "move":
             free = [c for c in range(9) if all((o.row, o.col) != divmod(c, 3) for o in objs)]
-            row, col = divmod(_pick(rng, free), 3)
+            row, col = divmod(pick(rng, free), 3)
             new[k] = replace(objs[k], row=row, col=col)
         else:
             others = [j for j, o in enumerate(objs) if o.color != objs[k].color]
             if not others:
                 continue
-            j = _pick(rng, others)
+            j = pick(rng, others)
             new[k], new[j] = replace(objs[k], color=objs[j].color), replace(objs[j], color=objs[k].color)
         if allow_heldout or not any(_is_heldout(o) for o in new):
             new.sort(key=lambda o: (o.row, o.col))
