@@ -16,6 +16,7 @@ lives above ``data/``, is found without ``data/`` importing it). ``tests/test_da
 """
 from __future__ import annotations
 
+import abc
 import importlib
 import logging
 from pathlib import Path
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"  # a data root's parameters (ShapesWorld writes one), fingerprinted with its files
 
 
-class DataSource:
+class DataSource(abc.ABC):
     """One kind of data a config can name as ``data.source``, bound to that config. Its folder is ``data.root``
     (else ``data/<data.name>``); the settings ``data.image_root``, ``stage1.dialogues`` and ``eval.root``, when
     set, win over what a source says here. The defaults are a folder of MMEB-train subsets and nothing else."""
@@ -39,10 +40,10 @@ class DataSource:
     def __init__(self, cfg: Config):
         self.cfg = cfg
 
+    @abc.abstractmethod
     def ensure(self) -> Path:
         """The data root, ready to read: built first if this source generates it, else checked (a
         ``ConfigError`` that says what to set when it is missing)."""
-        raise NotImplementedError
 
     def prepare(self) -> None:
         """Build what comalite generates, once, before a run (``pipeline.prepare``, on rank 0). Data that must
