@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -153,7 +154,7 @@ def _ints(text: str, option: str, *, low: int, empty: bool = True, once: bool = 
     items = [x.strip() for x in text.split(",") if x.strip()]
     if not items and not empty:
         raise ComaliteError(f"{option} {text!r}: give at least one whole number, comma-separated (e.g. 0,1,2)")
-    bad = [x for x in items if not x.lstrip("-").isdigit() or int(x) < low]
+    bad = [x for x in items if not re.fullmatch(r"-?[0-9]+", x) or int(x) < low]
     if bad:
         raise ComaliteError(f"{option} {text!r}: {bad[0]!r} is not a whole number >= {low}; give comma-separated "
                             "whole numbers (e.g. 0,1,2)")

@@ -26,7 +26,7 @@ from .distributed import barrier, is_writer
 from .embedding import EmbeddingModel
 from .errors import CheckpointError, ChecksumError
 from .eval import evaluate
-from .eval.report import check_saved, merged_with_saved, save_results
+from .eval.report import check_saved, save_results
 from .eval.registry import dataset_info
 from .paths import data_dir
 from .result import read_result
@@ -132,13 +132,13 @@ def evaluate_models(cfg: Config, names: list[str] | tuple[str, ...] = MODEL_NAME
         datasets = [(dataset_info(d, cfg.eval.meta_tasks), d) for d in eval_datasets(cfg)]
         sampling = {"limit": cfg.eval.max_queries or None, "seed": cfg.eval.seed}
         if is_writer():
-            check_saved(out, {info.name: len(data.queries) for info, data in datasets}, sampling,
-                        overwrite=overwrite)
+            rows = {info.name: {"meta_task": info.meta_task, "split": info.split, "source": info.source,
+                                "n_queries": len(data.queries)} for info, data in datasets}
+            check_saved(out, rows, sampling, overwrite=overwrite)
         models = [embedding_model(cfg, name) for name in names]
         results = evaluate(models, datasets, cache_dir=out / "cache", batch_size=cfg.eval.batch_size, **sampling)
         if is_writer():
-            results = merged_with_saved(results, out, overwrite=overwrite)
-            save_results(results, out, overwrite=True)
+            results = save_results(results, out, overwrite=overwrite)
         return results
 
 

@@ -363,7 +363,7 @@ def build_stage1_data(cfg: Config, *, images: str | Path, out: str | Path, gener
         for k in ("answers", "answers_cut", "questions_cut"):
             setattr(report, k, getattr(report, k) + dialogue.meta[k])
         if dialogue.turns:
-            _append(out, dialogue_line(dialogue, root).encode("utf-8"), sync=report.new % max(save_every, 1) == 0)
+            _append(out, dialogue_line(dialogue, root).encode("utf-8"), sync=(report.new + 1) % max(save_every, 1) == 0)
             done.append(dialogue)
             have.add(key)
             report.new += 1

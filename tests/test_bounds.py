@@ -175,6 +175,8 @@ def test_eval_models_and_experiment_numbers_are_checked_before_any_model_loads(c
     assert cli_error(capsys, "experiment", *run, "--seeds", "0,0").startswith("--seeds '0,0' repeats a number")
     assert cli_error(capsys, "experiment", *run, "--budgets", "10,-3").startswith(
         "--budgets '10,-3': '-3' is not a whole number >= 1")
+    for odd in ("--5", "\u00b2"):  # str.isdigit() says yes to these, int() does not
+        assert cli_error(capsys, "experiment", *run, f"--seeds={odd}").startswith(f"--seeds {odd!r}: {odd!r} is not")
 
 
 # ----------------------------------------------------------------------------- images, files, folders

@@ -228,6 +228,22 @@ def test_an_eval_of_other_datasets_is_refused_before_any_model_loads_and_overwri
     assert replaced["models"] == ["two"] and [d["name"] for d in replaced["datasets"]] == ["SW-Object"]
 
 
+def test_a_dataset_whose_meta_task_changed_is_refused_before_any_model_loads(capsys, tmp_path, fake_models):
+    """Was: the early check compared only the query counts, so a dataset described as another meta-task (or
+    split) was refused only after every model had been evaluated, and nothing was saved."""
+    from comalite.errors import RunConflictError
+    from comalite.eval.report import check_saved
+
+    cli(capsys, "eval", *smoke(tmp_path, *EVAL), "--models", "one", code=0)
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    rows = {r["name"]: {k: r[k] for k in ("meta_task", "split", "source", "n_queries")} for r in saved["datasets"]}
+    check_saved(tmp_path / "eval", rows, saved["sampling"])  # the same description: accepted
+    name = next(iter(rows))
+    rows[name] = {**rows[name], "meta_task": "vqa" if rows[name]["meta_task"] != "vqa" else "retrieval"}
+    with pytest.raises(RunConflictError, match=f"holds an evaluation of other datasets or sampling.*\n  {name}: "):
+        check_saved(tmp_path / "eval", rows, saved["sampling"])
+
+
 # ----------------------------------------------------------------------------- experiment: its --out guarded
 
 

@@ -53,11 +53,12 @@ def inputs_fingerprint(inputs: list[EmbedInput]) -> str:
 
 
 def cache_folder(cache_dir: str | Path | None, model_fingerprint: str, dataset: str,
-                 inputs: list[EmbedInput]) -> Path | None:
-    """``cache_dir/<model fingerprint>/<dataset>-<inputs fingerprint>``, or None when caching is off."""
+                 inputs: list[EmbedInput], inputs_key: str | None = None) -> Path | None:
+    """``cache_dir/<model fingerprint>/<dataset>-<inputs fingerprint>`` (``inputs_key`` when the caller
+    computed it already), or None when caching is off."""
     if cache_dir is None:
         return None
-    return Path(cache_dir) / slug(model_fingerprint) / f"{slug(dataset)}-{inputs_fingerprint(inputs)}"
+    return Path(cache_dir) / slug(model_fingerprint) / f"{slug(dataset)}-{inputs_key or inputs_fingerprint(inputs)}"
 
 
 def _load_chunks(folder: Path, n: int) -> dict[int, np.ndarray]:

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from comalite.distributed import is_writer
-from comalite.eval.cache import cache_folder, cached_embeddings
+from comalite.eval.cache import cache_folder, cached_embeddings, inputs_fingerprint
 from comalite.eval.metric import aggregate, at_chance, chance_level, score_queries
 from comalite.eval.report import save_results
 from comalite.records import META_TASKS, DatasetInfo, EmbedInput, EvalDataset
@@ -49,8 +49,11 @@ def evaluate_dataset(
     cache_dir: str | Path | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    inputs_key: str | None = None,
 ) -> dict:
-    """Precision@1 of ``embedder`` on ``dataset``; scores are fractions in [0, 1].
+    """Precision@1 of ``embedder`` on ``dataset``; scores are fractions in [0, 1]. ``inputs_key``: the
+    dataset's ``inputs_fingerprint`` when the caller has it already (``evaluate`` reads each image once for
+    all its models).
 
     Returns a dict with ``dataset``, ``model``, ``precision_at_1``, ``chance`` (mean over queries of
     1 / number of candidates), ``chance_std`` (the standard deviation of a uniform guesser's score),
@@ -65,7 +68,7 @@ def evaluate_dataset(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
     inputs, query_rows, candidate_rows = _distinct_inputs(dataset)
-    cache = cache_folder(cache_dir, embedder.fingerprint, dataset.name, inputs)
+    cache = cache_folder(cache_dir, embedder.fingerprint, dataset.name, inputs, inputs_key)
     embeddings, n_encoded = cached_embeddings(embedder, inputs, cache, batch_size, progress, desc=dataset.name)
     credit, ranks = score_queries(embeddings, query_rows, candidate_rows)
     counts = np.array([len(rows) for rows in candidate_rows])
@@ -141,9 +144,12 @@ def evaluate(
         raise ValueError(f"need one or more embedders with distinct names, got {names}")
     _check_pairs(datasets)
     details: dict[str, dict[str, dict]] = {}
+    # The cache key reads every image's content: once per dataset for all the models, not once per model.
+    keys = {info.name: inputs_fingerprint(_distinct_inputs(data)[0]) for info, data in datasets} if cache_dir else {}
     for model in models:
         details[model.name] = {
-            info.name: evaluate_dataset(model, data, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+            info.name: evaluate_dataset(model, data, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
+                                        inputs_key=keys.get(info.name))
             for info, data in datasets
         }
         _warn_if_at_chance(model.name, list(details[model.name].values()))

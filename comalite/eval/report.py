@@ -41,13 +41,17 @@ def _conflict(path: Path, lines: list[str]) -> RunConflictError:
         "out_dir=... or --set name=...), or pass --overwrite to replace those results.")
 
 
-def check_saved(out_dir: str | Path, datasets: dict[str, int], sampling: dict, *, overwrite: bool = False) -> None:
-    """Refuse early (before any model loads) an evaluation of ``datasets`` (name -> number of queries) with
-    ``sampling`` that could not be merged with the one saved in ``out_dir``; see the module docstring."""
+KNOWN_BEFORE_MODELS = ("meta_task", "split", "source", "n_queries")
+"""The fields of a dataset's table row that are known before any model loads (``check_saved`` compares them)."""
+
+
+def check_saved(out_dir: str | Path, datasets: dict[str, dict], sampling: dict, *, overwrite: bool = False) -> None:
+    """Refuse early (before any model loads) an evaluation of ``datasets`` (name -> its ``KNOWN_BEFORE_MODELS``
+    fields) with ``sampling`` that could not be merged with the one saved in ``out_dir`` (the module docstring)."""
     saved = None if overwrite else _saved(out_dir)
     if saved is None:
         return
-    old = {row["name"]: row["n_queries"] for row in saved["datasets"]}
+    old = {row["name"]: {k: row.get(k) for k in KNOWN_BEFORE_MODELS} for row in saved["datasets"]}
     lines = _differences(old, datasets, saved["sampling"], sampling)
     if lines:
         raise _conflict(Path(out_dir) / RESULTS_FILE, lines)
@@ -85,9 +89,10 @@ def merged_with_saved(results: dict, out_dir: str | Path, *, overwrite: bool = F
     return {**results, **merged}
 
 
-def save_results(results: dict, out_dir: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+def save_results(results: dict, out_dir: str | Path, *, overwrite: bool = False) -> dict:
     """Write ``results.json`` and ``results.md`` (``format_table``) into ``out_dir``, each atomically,
-    merged with the evaluation already saved there (``merged_with_saved``; ``overwrite`` replaces it)."""
+    merged with the evaluation already saved there (``merged_with_saved``; ``overwrite`` replaces it); returns
+    what was written."""
     out = Path(out_dir)
     results = merged_with_saved(results, out, overwrite=overwrite)
     json_path, md_path = out / RESULTS_FILE, out / "results.md"
@@ -95,7 +100,7 @@ def save_results(results: dict, out_dir: str | Path, *, overwrite: bool = False)
     atomic_write_text(json_path, text)
     table = format_table(results)
     atomic_write_text(md_path, table)
-    return json_path, md_path
+    return results
 
 
 def _describe_datasets(rows: list[dict]) -> str:
