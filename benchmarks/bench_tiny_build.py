@@ -25,6 +25,7 @@ The numbers go to a JSON file (default ``benchmarks/results/tiny_build.json``) a
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ import time
 from pathlib import Path
 
 from comalite.atomic import atomic_write_json
+from comalite.config import TrainConfig
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "tiny_build.json"
 
@@ -44,9 +46,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
+def set_tiny_field(tc, setting: str) -> None:
+    """Apply one ``--tiny FIELD=VALUE`` to the TinyConfig ``tc`` (the value read as a Python literal)."""
+    name, sep, value = setting.partition("=")
+    if not sep or not hasattr(tc, name) or isinstance(getattr(tc, name), TrainConfig):
+        raise SystemExit(f"--tiny {setting!r}: expected FIELD=VALUE with FIELD a plain TinyConfig field "
+                         "(--steps/--vision-steps set its training lengths)")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    setattr(tc, name, parsed)
+
+
 def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None, batch_size: int | None = None,
                   vision_steps: int | None = None, overrides: list[str] = (), threads: int | None = None,
-                  keep_home: bool = True, smoke: bool = False) -> dict:
+                  keep_home: bool = True, smoke: bool = False, tiny_settings: list[str] = (),
+                  vision_from: str | None = None) -> dict:
     """Build ShapesWorld and the tiny VLM under ``home``; write and return the timings and accuracies."""
     os.environ["COMALITE_DATA"] = str(home)  # read at call time by comalite.paths.data_dir
     import torch
@@ -68,6 +84,8 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
         tc.vision.steps = vision_steps
     if threads:
         tc.threads = threads
+    for setting in tiny_settings:
+        set_tiny_field(tc, setting)
 
     load_before = os.getloadavg()
     start = time.perf_counter()
@@ -75,7 +93,8 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
     data_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    model_dir = build_tiny_vlm(home / ("tiny-vlm-smoke" if smoke else "tiny-vlm"), tc, data_cfg=data_cfg)
+    model_dir = build_tiny_vlm(home / ("tiny-vlm-smoke" if smoke else "tiny-vlm"), tc, data_cfg=data_cfg,
+                               vision_from=vision_from)
     build_seconds = time.perf_counter() - start
 
     tiny = json.loads((model_dir / "tiny_report.json").read_text())
@@ -110,6 +129,9 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
         "data_root": str(data_root),
         "smoke": smoke,
         "overrides": list(overrides),
+        "tiny_settings": list(tiny_settings),
+        "vision_from": vision_from,
+        "tiny_config": tiny["config"],
         "model_dir": str(model_dir),
         "home_kept": bool(keep_home),
     }
@@ -144,6 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a tiny-preset setting for the data, e.g. data.n_stage1_images=360 "
                              "or data.root=DIR (repeatable)")
+    parser.add_argument("--tiny", dest="tiny_settings", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a TinyConfig field of the recipe, e.g. image_size=84 (repeatable)")
+    parser.add_argument("--vision-from", metavar="DIR",
+                        help="reuse the pre-trained ViT of this tiny checkpoint (same vision settings) instead of "
+                             "pre-training one: a study of stage 0 alone")
     parser.add_argument("--threads", type=int, help="torch threads for the build (default: TinyConfig.threads)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the numbers")
     args = parser.parse_args(argv)
@@ -154,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         return run_benchmark(home, args.out, steps=args.steps, batch_size=args.batch_size,
                              vision_steps=args.vision_steps, overrides=args.overrides, threads=args.threads,
-                             keep_home=not temporary, smoke=args.smoke)
+                             keep_home=not temporary, smoke=args.smoke, tiny_settings=args.tiny_settings,
+                             vision_from=args.vision_from)
     finally:
         if previous is None:
             os.environ.pop("COMALITE_DATA", None)

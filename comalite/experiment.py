@@ -15,6 +15,10 @@ reused when rerun), made by changing one thing at a time from one base config:
 Each cell runs for several seeds (``stage1.train.seed`` and ``stage2.train.seed``: LoRA initialisation,
 compression rows, data order, dropout); the report gives mean and spread per group of datasets, and the
 paired difference CoMa minus contrastive-only (same seed, same budget) with a 95 % t-interval.
+
+This module holds the grid and running it. What the arms, ablations and groups are is in ``experiment_design``;
+the statistics in ``experiment_stats``; the markdown report and reading one back in ``experiment_report``; the
+budget curve in ``viz.budget``.
 """
 from __future__ import annotations
 
@@ -25,32 +29,21 @@ import os
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from .atomic import atomic_write_json, atomic_write_text
 from .config import Config, load_config
-from .errors import ComaliteError, ConfigError, RunConflictError
-from .eval import get_dataset_info
-from .paths import repo_dir
+from .errors import ConfigError, RunConflictError
+from .experiment_design import ABLATIONS, ARMS, GROUPS, TRANSFER_SUBSETS
+from .experiment_report import REPORT_FILE, format_report
+from .experiment_stats import paired_difference, summarize
 from .pipeline import ensure_stage, evaluate_models, stage_config
 from .result import read_result
 from .runs import differences, run_lock
 from .stages import CONTRASTIVE_ONLY, STAGE2, Stage
+from .viz import plot_budget_curve
 
 log = logging.getLogger(__name__)
 
-ARMS = {"contrastive_only": None, "coma": (), "qa_no_mask": ("stage1.mask=false",)}
-"""Arm -> the stage-1 overrides that precede its stage 2 (None: no stage 1)."""
-
-ABLATIONS = {"k4": ("model.n_compress=4",), "k16": ("model.n_compress=16",),
-             "supervise_all": ("stage1.supervise=all",), "single_turn": ("stage1.multi_turn=false",)}
-"""Variant -> overrides. K changes both stages' embedding, so contrastive-only runs with it too."""
-
-TRANSFER_SUBSETS = ("SW-Count", "SW-Object", "SW-VQA")
-"""Stage 2 of the transfer split trains on classification and VQA only; retrieval and grounding are unseen."""
-
-GROUPS = ("classification", "vqa", "retrieval", "grounding", "IND", "OOD", "overall")
-REPORT_FILE = "results.json"
 PARTS = ("budget", "transfer", "ablations", "compute")
 """The parts of the experiment ``run_experiment`` (``comalite experiment --parts``) knows."""
 
@@ -75,7 +68,8 @@ class Cell:
 
 def cell_config(preset: str, overrides: tuple[str, ...], cell: Cell, root: Path) -> Config:
     """The config of ``cell``: the base plus the cell's changes, in a run folder of its own."""
-    sets = [*overrides, *ABLATIONS.get(cell.variant, ()), *(ARMS[cell.arm] or ()),
+    ablation = ABLATIONS.get(cell.variant)
+    sets = [*overrides, *(ablation.overrides if ablation else ()), *(ARMS[cell.arm] or ()),
             f"stage1.train.seed={cell.seed}", f"stage2.train.seed={cell.seed}", f"stage2.train.steps={cell.steps}",
             f"out_dir={root / cell.label() / f'steps{cell.steps}-seed{cell.seed}'}"]
     if cell.split == "transfer":
@@ -112,135 +106,6 @@ def run_cell(preset: str, overrides: tuple[str, ...], cell: Cell, root: Path) ->
             "n_queries": {d["name"]: d["n_queries"] for d in results["datasets"]}}
 
 
-def transfer_groups(scores: dict[str, float]) -> dict[str, float]:
-    """Means over the datasets of the task families stage 2 saw in the transfer split, and of the others."""
-    seen = {get_dataset_info(s).meta_task for s in TRANSFER_SUBSETS}
-    groups = {"seen tasks": [v for d, v in scores.items() if get_dataset_info(d).meta_task in seen],
-              "unseen tasks": [v for d, v in scores.items() if get_dataset_info(d).meta_task not in seen]}
-    return {k: float(np.mean(v)) for k, v in groups.items() if v}
-
-
-def paired_difference(a: list[float], b: list[float]) -> dict:
-    """Mean of ``a - b`` over paired seeds, its standard deviation and 95 % t-interval."""
-    diff = np.asarray(a) - np.asarray(b)
-    half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-    return {"mean": float(diff.mean()), "std": float(diff.std(ddof=1)) if len(diff) > 1 else float("nan"),
-            "ci95": [float(diff.mean() - half), float(diff.mean() + half)], "seeds": len(diff)}
-
-
-def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and spread over seeds per (arm, variant, split, steps), with CoMa-style arms paired against
-    contrastive-only of the same variant, split, steps and seed."""
-    def key(r):
-        return r["arm"], r["variant"], r["split"], r["steps"]
-
-    def metrics(r):
-        values = dict(r["aggregates"])
-        if r["split"] == "transfer":
-            values.update(transfer_groups(r["scores"]))
-        return values
-
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(key(r), []).append(r)
-    out = []
-    for (arm, variant, split, steps), members in sorted(groups.items()):
-        by_seed = {r["seed"]: metrics(r) for r in members}
-        names = sorted(set.intersection(*(set(m) for m in by_seed.values())))
-        entry = {"arm": arm, "variant": variant, "split": split, "steps": steps, "seeds": sorted(by_seed),
-                 "train_seconds": float(np.mean([r["train_seconds"] for r in members])),
-                 "mean": {n: float(np.mean([m[n] for m in by_seed.values()])) for n in names},
-                 "std": {n: float(np.std([m[n] for m in by_seed.values()], ddof=1)) if len(by_seed) > 1 else 0.0
-                         for n in names}}
-        same_k = variant if variant.startswith("k") else ""  # K changes the baseline too; other variants do not
-        baseline = [r for r in rows if key(r) == ("contrastive_only", same_k, split, steps)]
-        paired = {r["seed"]: metrics(r) for r in baseline}
-        common = sorted(set(by_seed) & set(paired))
-        if arm != "contrastive_only" and common:
-            entry["minus_contrastive_only"] = {n: paired_difference([by_seed[s][n] for s in common],
-                                                                    [paired[s][n] for s in common]) for n in names}
-        out.append(entry)
-    return out
-
-
-def difference_cell(diff: dict) -> str:
-    """A paired difference (``paired_difference``) as a table cell, in points: ``+1.5 [-2.3, +5.3]``."""
-    return f"{100 * diff['mean']:+.1f} [{100 * diff['ci95'][0]:+.1f}, {100 * diff['ci95'][1]:+.1f}]"
-
-
-def format_report(summary: list[dict], meta: dict) -> str:
-    """The summary as markdown tables: one row per group of runs, mean +- std (percent), then the paired
-    differences against contrastive-only."""
-    lines = ["# Does compression help? Miniature results (Precision@1, %)", "",
-             f"Preset `{meta['preset']}`, seeds {meta['seeds']}, {meta['n_queries']} queries per dataset. "
-             "Mean +- standard deviation over seeds; the difference is paired by seed, with a 95 % t-interval.", ""]
-    for split in sorted({e["split"] for e in summary}):
-        entries = [e for e in summary if e["split"] == split]
-        cols = [g for g in (*GROUPS, "seen tasks", "unseen tasks") if g in entries[0]["mean"]]
-        lines += [f"## Split: {split}", "", "| arm | variant | stage-2 steps | train s | " + " | ".join(cols) + " |",
-                  "|---|---|---:|---:|" + "---:|" * len(cols)]
-        for e in entries:
-            cells = [f"{100 * e['mean'][c]:.1f} +- {100 * e['std'][c]:.1f}" for c in cols]
-            lines.append(f"| {e['arm']} | {e['variant'] or '-'} | {e['steps']} | {e['train_seconds']:.0f} | "
-                         + " | ".join(cells) + " |")
-        lines += ["", "| arm - contrastive_only | variant | steps | " + " | ".join(cols) + " |",
-                  "|---|---|---:|" + "---:|" * len(cols)]
-        for e in entries:
-            if "minus_contrastive_only" in e:
-                d = e["minus_contrastive_only"]
-                cells = [difference_cell(d[c]) for c in cols]
-                lines.append(f"| {e['arm']} | {e['variant'] or '-'} | {e['steps']} | " + " | ".join(cells) + " |")
-        lines.append("")
-    groups = [g for g in GROUPS if g in meta["base"]]
-    lines += ["## Reference points", "", "| model | " + " | ".join(groups) + " |", "|---|" + "---:|" * len(groups),
-              "| chance | " + " | ".join(f"{100 * meta['chance'][g]:.1f}" for g in groups) + " |",
-              "| base (untrained compression tokens) | " + " | ".join(f"{100 * meta['base'][g]:.1f}" for g in groups)
-              + " |", ""]
-    if meta.get("equal_compute"):
-        eq = meta["equal_compute"]
-        d = eq["coma_minus_longer_contrastive_only"]
-        lines += ["## Equal total compute", "",
-                  f"CoMa (stage 1 + stage 2) trained {eq['stage1_seconds']:.0f} s longer than contrastive-only; spent on stage 2 "
-                  f"instead, contrastive-only runs {eq['contrastive_only_steps']} steps. CoMa minus that run:", "",
-                  "| " + " | ".join(groups) + " |", "|" + "---:|" * len(groups),
-                  "| " + " | ".join(difference_cell(d[g]) for g in groups) + " |", ""]
-    return "\n".join(lines)
-
-
-def plot_budget_curve(summary: list[dict], save_to: Path, groups=("overall", "IND", "OOD"), floor: dict | None = None):
-    """Precision@1 against stage-2 steps per arm (full split, no variant): mean line, +- std band; ``floor``
-    (chance per group) as a dashed line."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    from .viz import SAVE_DPI
-
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), sharey=True)
-    for ax, group in zip(np.atleast_1d(axes), groups):
-        for arm in ARMS:
-            points = sorted((e["steps"], e["mean"][group], e["std"][group]) for e in summary
-                            if e["arm"] == arm and not e["variant"] and e["split"] == "all")
-            if not points:
-                continue
-            x, m, s = map(np.array, zip(*points))
-            ax.plot(x, 100 * m, marker="o", label=arm)
-            ax.fill_between(x, 100 * (m - s), 100 * (m + s), alpha=0.2)
-        if floor:
-            ax.axhline(100 * floor[group], color="grey", linestyle="--", linewidth=1, label="chance")
-        ax.set_xscale("log")
-        ax.set_xticks(sorted({e["steps"] for e in summary if not e["variant"]}))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(group)
-        ax.set_xlabel("stage-2 steps")
-    np.atleast_1d(axes)[0].set_ylabel("Precision@1 (%)")
-    np.atleast_1d(axes)[0].legend(fontsize=8)
-    fig.tight_layout()
-    save_to.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(save_to, dpi=SAVE_DPI, bbox_inches="tight")
-    return fig
-
-
 def grid(parts: tuple[str, ...], seeds: list[int], budgets: list[int], full: int) -> list[Cell]:
     """The cells of the requested parts: ``budget`` (every arm at every budget), ``transfer``,
     ``ablations`` (on the full budget) and ``compute`` (contrastive-only with stage 1's time as more steps:
@@ -252,8 +117,8 @@ def grid(parts: tuple[str, ...], seeds: list[int], budgets: list[int], full: int
         if "transfer" in parts:
             cells += [Cell(arm, full, seed, split="transfer") for arm in ("contrastive_only", "coma")]
         if "ablations" in parts:
-            for variant in ABLATIONS:
-                arms = ("contrastive_only", "coma") if variant.startswith("k") else ("coma",)
+            for variant, ablation in ABLATIONS.items():
+                arms = ("contrastive_only", "coma") if ablation.changes_baseline else ("coma",)
                 cells += [Cell(arm, full, seed, variant=variant) for arm in arms]
     return list(dict.fromkeys(cells))
 
@@ -335,42 +200,6 @@ def _run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json({"meta": meta, "summary": summary, "runs": rows}, out / REPORT_FILE)
     atomic_write_text(out / "results.md", format_report(summary, meta))
-    plot_budget_curve(summary, out / "budget_curve.png", floor=meta["chance"])
+    plot_budget_curve(summary, floor=meta["chance"], save_to=out / "budget_curve.png")
     return {"meta": meta, "summary": summary, "runs": rows}
 
-
-def committed_report() -> Path | None:
-    """The report committed with this checkout (``docs/experiments/does_compression_help``), or None when
-    comalite runs from an installed copy."""
-    repo = repo_dir()
-    return repo / "docs" / "experiments" / "does_compression_help" if repo else None
-
-
-def load_report(folder: str | Path | None) -> dict:
-    """``results.json`` of a report folder that ``run_experiment`` (``comalite experiment --out``) wrote;
-    ``None`` is what ``committed_report`` gives outside a checkout."""
-    if folder is None:
-        raise ComaliteError("no committed experiment report outside a checkout of the repository: give the folder "
-                            "that `comalite experiment --out FOLDER` wrote (notebook 06: RESULTS = FOLDER)")
-    path = Path(folder) / REPORT_FILE
-    if not path.exists():
-        raise ComaliteError(f"{path} does not exist: run `comalite experiment --out {folder}` first")
-    report = json.loads(path.read_text())
-    if "meta" not in report:
-        raise ComaliteError(f"{path} is not an experiment report (an evaluation's results.json?): give the folder "
-                            "that `comalite experiment --out` wrote")
-    return report
-
-
-def difference_in_words(diff: dict, what: str = "CoMa", than: str = "contrastive-only") -> str:
-    """A paired difference as a plain sentence: its size in points, its interval, and whether the interval
-    leaves zero out (then the seeds agree on the sign)."""
-    mean, (low, high) = 100 * diff["mean"], (100 * diff["ci95"][0], 100 * diff["ci95"][1])
-    if diff["seeds"] < 2:
-        verdict = "one seed: no interval, so no verdict"
-    elif low > 0 or high < 0:
-        verdict = f"{what} is {'better' if mean > 0 else 'worse'}: the interval leaves zero out"
-    else:
-        verdict = "the interval holds zero: no difference the seeds can tell apart"
-    return (f"{what} minus {than}: {mean:+.1f} points (95 % interval {low:+.1f} to {high:+.1f}, "
-            f"{diff['seeds']} seeds); {verdict}")

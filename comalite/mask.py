@@ -14,6 +14,14 @@ The model receives this as a 4D additive float mask (0 where allowed, dtype-min 
 attention adds it as-is (a bool mask would be added as 1.0/0.0, silently wrong), sdpa accepts it too.
 Every row keeps its diagonal, so a padding row attends to itself alone and no row is ever fully masked
 (that would give NaN).
+
+``separate_turns`` packs several independent question/answer turns about one image into one sequence: each
+turn's tokens see the image part (and the compression tokens, where the compression mask is on) and their
+own turn, never another turn, so no answer can be copied from an earlier one. A turn starts at each
+question token that follows a non-question token::
+
+    roles   C C C | Q Q A A | Q Q A | Q A A
+    turn    0 0 0 | 1 1 1 1 | 2 2 2 | 3 3 3         allowed[i, j] also needs turn_j in {0, turn_i}
 """
 from __future__ import annotations
 
@@ -22,12 +30,21 @@ import torch
 from .roles import ANSWER, CONTEXT, QUESTION
 
 
+def turn_ids(roles: torch.Tensor) -> torch.Tensor:
+    """(B, L) turn number of each position: 0 before the first question, k in the k-th question/answer turn."""
+    is_question = roles == QUESTION
+    previous = torch.nn.functional.pad(is_question[:, :-1], (1, 0), value=False)
+    turn = torch.cumsum((is_question & ~previous).long(), dim=1)
+    return turn * ((roles == QUESTION) | (roles == ANSWER))
+
+
 def attention_allowed(roles: torch.Tensor, attention_mask: torch.Tensor, *,
-                      compression_mask: bool = True) -> torch.Tensor:
+                      compression_mask: bool = True, separate_turns: bool = False) -> torch.Tensor:
     """Boolean (B, L, L) matrix: may query position i attend to key position j.
 
     ``roles`` and ``attention_mask`` are (B, L), as made by ``comalite.sequence.collate`` (left or right
-    padding). ``compression_mask=False`` gives the plain causal mask (the ablation, and stage 0).
+    padding). ``compression_mask=False`` gives the plain causal mask (the ablation, and stage 0);
+    ``separate_turns=True`` hides the turns from each other (the module doc).
     """
     length = roles.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=roles.device).tril()
@@ -37,6 +54,9 @@ def attention_allowed(roles: torch.Tensor, attention_mask: torch.Tensor, *,
         after = (roles == QUESTION) | (roles == ANSWER)
         before = roles == CONTEXT
         allowed &= ~(after[:, :, None] & before[:, None, :])
+    if separate_turns:
+        turn = turn_ids(roles)
+        allowed &= (turn[:, None, :] == 0) | (turn[:, None, :] == turn[:, :, None])
     return allowed | torch.eye(length, dtype=torch.bool, device=roles.device)[None]
 
 

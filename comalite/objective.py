@@ -30,15 +30,17 @@ from .sequence import ANSWER, Example, collate, dialogue_examples, supervised_po
 from .trainer import Trainer, seed_everything
 
 
-def _forward(backbone: Backbone, batch: dict, compression_mask: bool) -> torch.Tensor:
-    allowed = attention_allowed(batch["roles"], batch["attention_mask"], compression_mask=compression_mask)
+def _forward(backbone: Backbone, batch: dict, compression_mask: bool, separate_turns: bool = False) -> torch.Tensor:
+    allowed = attention_allowed(batch["roles"], batch["attention_mask"], compression_mask=compression_mask,
+                                separate_turns=separate_turns)
     return backbone.hidden_states(batch, allowed)
 
 
 def lm_loss(backbone: Backbone, batch: dict, *, compression_mask: bool = True,
-            supervise: str = "answers") -> torch.Tensor:
-    """Mean next-token cross-entropy over the supervised tokens of a collated batch."""
-    hidden = _forward(backbone, batch, compression_mask)
+            supervise: str = "answers", separate_turns: bool = False) -> torch.Tensor:
+    """Mean next-token cross-entropy over the supervised tokens of a collated batch (``separate_turns``:
+    each question/answer turn sees the image part and itself only, ``comalite.mask``)."""
+    hidden = _forward(backbone, batch, compression_mask, separate_turns)
     targets = supervised_positions(batch["roles"], supervise)[:, 1:].to(hidden.device)
     if not targets.any():
         raise ValueError("no supervised token in this batch: check the dialogues have answers")
@@ -48,7 +50,7 @@ def lm_loss(backbone: Backbone, batch: dict, *, compression_mask: bool = True,
 
 @torch.no_grad()
 def answer_accuracy(backbone: Backbone, examples: list[Example], *, compression_mask: bool = True,
-                    batch_size: int = 32) -> dict:
+                    separate_turns: bool = False, batch_size: int = 32) -> dict:
     """Fraction of answers reproduced exactly under teacher forcing (= greedy decoding), and the loss."""
     was_training = backbone.training
     backbone.eval()
@@ -57,7 +59,7 @@ def answer_accuracy(backbone: Backbone, examples: list[Example], *, compression_
     losses = []
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size], pad_id)
-        hidden = _forward(backbone, batch, compression_mask)
+        hidden = _forward(backbone, batch, compression_mask, separate_turns)
         is_answer = (batch["roles"] == ANSWER)[:, 1:].to(hidden.device)
         truth = batch["input_ids"][:, 1:].to(hidden.device)
         logits = backbone.lm_head(hidden[:, :-1][is_answer]).float()
@@ -113,13 +115,15 @@ def generate_answer(backbone: Backbone, example: Example, *, compression_mask: b
 class LMObjective:
     """What a next-token stage learns from: how a dialogue becomes a sequence (``layout``: the prompts and
     the maximum length of ``Stage1Config``), whether the compression tokens are in it and the compression
-    mask is on, and which tokens are supervised. Stage 1 is ``for_stage1``; the tiny VLM's stage 0 is plain
-    causal next-token training with no compression tokens."""
+    mask is on, which tokens are supervised, and whether the turns of a dialogue are hidden from each other
+    (``separate_turns``: independent questions about one image packed into one sequence). Stage 1 is
+    ``for_stage1``; the tiny VLM's stage 0 is next-token training with no compression tokens."""
 
     layout: Stage1Config
     compression_mask: bool = True
     with_compression: bool = True
     supervise: str = "answers"
+    separate_turns: bool = False
 
     @classmethod
     def for_stage1(cls, s1: Stage1Config) -> "LMObjective":
@@ -151,7 +155,7 @@ def lm_step(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig,
             examples = dialogue_examples(backbone.processor, [dialogues[i] for i in micro_batches[k]],
                                          objective.layout, with_compression=objective.with_compression)
             loss = lm_loss(backbone, collate(examples, pad_id), compression_mask=objective.compression_mask,
-                           supervise=objective.supervise) / len(mine)
+                           supervise=objective.supervise, separate_turns=objective.separate_turns) / len(mine)
             loss.backward()
             total += loss.item()
         return total

@@ -53,6 +53,29 @@ def test_bench_tiny_build(bench, tmp_path, data_root):
     assert not (tmp_path / "home" / "shapesworld-smoke").exists()  # the session's data was reused
 
 
+def test_bench_tiny_build_packs_turns_on_a_reused_vit(bench, tmp_path, data_root, tiny_checkpoint):
+    """A stage-0 study: ``--vision-from`` reuses a checkpoint's pre-trained ViT (and its measured probe), ``--tiny``
+    sets a recipe field (here turns packed under the separate-turns mask); the report scores the description."""
+    out = tmp_path / "tiny_build.json"
+    saved = bench("bench_tiny_build").main(["--steps", "2", "--batch-size", "4", "--smoke", "--tiny", "pack_turns=True",
+                                            "--vision-from", str(tiny_checkpoint), "--home", str(tmp_path / "home"),
+                                            "--set", f"data.root={data_root}", "--out", str(out)])
+    source = json.loads((tiny_checkpoint / "tiny_report.json").read_text())
+    assert saved["vision_token_accuracy"] == source["vision_token_accuracy"]
+    assert saved["tiny_config"]["pack_turns"] is True and saved["vision_from"] == str(tiny_checkpoint)
+    built = json.loads((tmp_path / "home" / "tiny-vlm-smoke" / "tiny_report.json").read_text())
+    from comalite.config import load_config
+    from comalite.data.sources import stage1_dialogues
+
+    cfg = load_config("tiny-smoke", [f"data.root={data_root}"])
+    assert built["stage0_sequences"] == len(stage1_dialogues(cfg)) - cfg.stage1.heldout  # one sequence a dialogue
+    description = built["heldout_description"]
+    assert description["descriptions"] == saved["heldout_by_question_type"]["Describe the image in detail."]["answers"]
+    assert set(description) == {"descriptions", "count", "size", "color", "shape", "position"}
+    with pytest.raises(SystemExit, match="plain TinyConfig field"):
+        bench("bench_tiny_build").main(["--tiny", "stage0=3", "--out", str(tmp_path / "x.json")])
+
+
 def test_bench_gradcache_memory(bench, tmp_path, tiny_checkpoint, data_root):
     out = tmp_path / "gradcache.json"
     report = bench("bench_gradcache_memory").main(

@@ -5,8 +5,10 @@ import pytest
 from scipy import stats
 
 from comalite.errors import ComaliteError
-from comalite.experiment import (ABLATIONS, ARMS, Cell, difference_in_words, grid, load_report, paired_difference,
-                                 summarize, transfer_groups)
+from comalite.experiment import Cell, grid
+from comalite.experiment_design import ABLATIONS, ARMS
+from comalite.experiment_report import load_report
+from comalite.experiment_stats import difference_in_words, paired_difference, summarize, transfer_groups
 
 
 def test_the_paired_difference_is_a_t_interval_over_seeds():
@@ -23,9 +25,9 @@ def test_the_grid_changes_one_thing_at_a_time():
     budget = [c for c in cells if c.split == "all" and not c.variant]
     assert {(c.arm, c.steps) for c in budget} == {(arm, s) for arm in ARMS for s in (10, 40)}
     assert {c.arm for c in cells if c.split == "transfer"} == {"contrastive_only", "coma"}
-    for variant in ABLATIONS:  # K changes both stages' embedding: its baseline runs with the same K
+    for variant, ablation in ABLATIONS.items():  # K changes both stages' embedding: its baseline runs with the same K
         arms = {c.arm for c in cells if c.variant == variant}
-        assert arms == ({"contrastive_only", "coma"} if variant.startswith("k") else {"coma"})
+        assert arms == ({"contrastive_only", "coma"} if ablation.changes_baseline else {"coma"})
     assert all(c.steps == 40 for c in cells if c.variant or c.split == "transfer")
 
 
@@ -38,11 +40,13 @@ def test_summaries_pair_each_arm_with_contrastive_only_of_the_same_seed():
     rows = [_row("contrastive_only", s, v) for s, v in enumerate([0.30, 0.40, 0.50])]
     rows += [_row("coma", s, v) for s, v in enumerate([0.35, 0.40, 0.60])]
     rows += [_row("coma", 0, 0.9, variant="supervise_all")]  # an ablation: paired with the plain baseline
+    rows += [_row(arm, 0, v, variant="k4") for arm, v in (("contrastive_only", 0.2), ("coma", 0.5))]  # with its own
     by = {(e["arm"], e["variant"]): e for e in summarize(rows)}
     coma = by[("coma", "")]
     assert coma["mean"]["overall"] == pytest.approx(0.45)
     assert coma["minus_contrastive_only"]["overall"]["mean"] == pytest.approx(0.05)
     assert by[("coma", "supervise_all")]["minus_contrastive_only"]["overall"]["mean"] == pytest.approx(0.6)
+    assert by[("coma", "k4")]["minus_contrastive_only"]["overall"]["mean"] == pytest.approx(0.3)
     assert "minus_contrastive_only" not in by[("contrastive_only", "")]
 
 

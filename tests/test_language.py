@@ -192,3 +192,22 @@ def test_answer_sets_come_from_the_answer_kinds():
             assert answer_set(q.turn.question) == ANSWERS[q.answers]
             assert q.turn.answer in answer_set(q.turn.question)
     assert answer_set(DESCRIBE) == () and answer_set("What is in the picture?") == ()
+
+
+def test_a_description_is_scored_per_thing_it_states():
+    from comalite.shapesworld.language import description_hits, read_description
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):  # every generated description reads back as its own scene
+        scene = sample_scene(rng)
+        count, objects = read_description(describe(scene))
+        assert count == ("one", "two", "three", "four")[len(scene.objects) - 1]
+        assert objects == [{"size": o.size, "color": o.color, "shape": o.shape, "position": o.position}
+                           for o in scene.objects]
+    truth = "two objects: a large red circle at the top left and a small blue square in the center."
+    said = "two objects: a large red circle at the top right and a small blue star in the center."
+    assert description_hits(said, truth) == {"count": (1, 1), "size": (2, 2), "color": (2, 2), "shape": (1, 2),
+                                             "position": (1, 2)}
+    cut_short = "three objects: a large red circle at the top left and a"  # a missing object is wrong in full
+    assert description_hits(cut_short, truth) == {"count": (0, 1), "size": (1, 2), "color": (1, 2),
+                                                  "shape": (1, 2), "position": (1, 2)}

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comalite.mask import additive_mask, attention_allowed
+from comalite.mask import additive_mask, attention_allowed, turn_ids
 from comalite.records import Dialogue, Turn
 from comalite.sequence import ANSWER, COMPRESS, CONTEXT, PAD, QUESTION, collate, dialogue_example
 
@@ -119,6 +119,53 @@ def test_mask_off_is_plain_causal_with_padding():
     expected[5, :5] = 0   # the padding key is never attended, its own row keeps the diagonal
     expected[:5, 5] = 0
     assert torch.equal(got, expected)
+
+
+def test_separate_turns_hide_each_turn_from_the_others():
+    # C K Q A Q A A PAD: two turns; each sees the context, the compression token and itself only.
+    roles = torch.tensor([[C, K, Q, A, Q, A, A, PAD]])
+    assert turn_ids(roles).tolist() == [[0, 0, 1, 1, 2, 2, 2, 0]]
+    got = attention_allowed(roles, (roles != PAD).long(), compression_mask=False, separate_turns=True).int()[0]
+    expected = torch.tensor([
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0],   # turn 1's question
+        [1, 1, 1, 1, 0, 0, 0, 0],   # turn 1's answer
+        [1, 1, 0, 0, 1, 0, 0, 0],   # turn 2's question: not turn 1
+        [1, 1, 0, 0, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 1, 1, 0],
+        [0, 0, 0, 0, 0, 0, 0, 1],   # padding: its diagonal only
+    ])
+    assert torch.equal(got, expected)
+    with_compression = attention_allowed(roles, (roles != PAD).long(), separate_turns=True).int()[0]
+    assert torch.equal(with_compression, expected * (1 - torch.tensor([[0, 0, 1, 1, 1, 1, 1, 0]]).T
+                                                      * torch.tensor([[1, 0, 0, 0, 0, 0, 0, 0]])))
+
+
+def test_a_separate_turn_does_not_depend_on_the_turns_before_it(random_vlm, tmp_path):
+    """Packed turns: the last turn's logits are bitwise the same whatever the earlier turns say, and change
+    when the earlier turns may be read (plain causal)."""
+    backbone = _load(random_vlm, "cpu", torch.float32)
+    image = _images(tmp_path)[0]
+    last = Turn("Describe the background of the image.", "grey")
+    firsts = [(Turn("What colour is the square?", "red"), Turn("How many?", "one")),
+              (Turn("What colour is the square?", "one"), Turn("How many?", "red"))]  # same tokens, swapped
+    examples = [dialogue_example(backbone.processor, Dialogue(turns=(*first, last), image=image),
+                                 prompt="Summarize above image.", text_prompt="") for first in firsts]
+    assert len(examples[0].input_ids) == len(examples[1].input_ids)
+
+    def last_turn_logits(example, separate):
+        batch = collate([example], backbone.processor.tokenizer.pad_token_id)
+        allowed = attention_allowed(batch["roles"], batch["attention_mask"], compression_mask=False,
+                                    separate_turns=separate)
+        with torch.no_grad():
+            hidden = backbone.hidden_states(batch, allowed)
+        return backbone.lm_head(hidden[0, turn_ids(batch["roles"])[0] == 3]).float()
+
+    separate = [last_turn_logits(ex, True) for ex in examples]
+    causal = [last_turn_logits(ex, False) for ex in examples]
+    assert torch.equal(separate[0], separate[1])
+    assert (causal[0] - causal[1]).abs().max() > 4 * tolerance(torch.float32, float(causal[0].abs().max()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -23,6 +23,33 @@ def describe(scene: Scene) -> str:
     return f"{NUMBER_WORDS[n]} object{'s' if n > 1 else ''}: {_join(phrases)}."
 
 
+DESCRIPTION_FIELDS = ("size", "color", "shape", "position")
+_PHRASE = re.compile(r"\ban? (" + "|".join(SIZES) + ") (" + "|".join(COLORS) + ") (" + "|".join(SHAPES) + r") "
+                     r"(?:in the (center)|at the (" + "|".join(p for p in POSITIONS if p != "center") + "))")
+
+
+def read_description(text: str) -> tuple[str | None, list[dict[str, str]]]:
+    """What a description (``describe``'s form) states: its number word (None if it opens with none) and one
+    ``{size, color, shape, position}`` per object phrase it contains, in order. Anything else is ignored, so a
+    model's imperfect description is read as far as it goes."""
+    count = next((w for w in NUMBER_WORDS if text.startswith(w + " object")), None)
+    objects = [dict(zip(DESCRIPTION_FIELDS, (m[1], m[2], m[3], m[4] or m[5]))) for m in _PHRASE.finditer(text)]
+    return count, objects
+
+
+def description_hits(said: str, truth: str) -> dict[str, tuple[int, int]]:
+    """(right, asked) per thing a description states, ``said`` against the true description ``truth``: the
+    object count, and each true object's size, colour, shape and position compared with the object phrase said
+    in the same place (both list objects in reading order; a missing phrase gets every field wrong)."""
+    said_count, said_objects = read_description(said)
+    true_count, true_objects = read_description(truth)
+    hits = {"count": (int(said_count == true_count), 1)}
+    for field in DESCRIPTION_FIELDS:
+        right = sum(i < len(said_objects) and said_objects[i][field] == o[field] for i, o in enumerate(true_objects))
+        hits[field] = (right, len(true_objects))
+    return hits
+
+
 def refer(scene: Scene, obj: Obj) -> str | None:
     """"the red circle", or "the small red circle" where that is needed to pick out ``obj`` alone; None
     for a twin (naming its cell would give away "where" and relation answers). Color and shape are always

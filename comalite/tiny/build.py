@@ -39,12 +39,13 @@ from ..backbone import load_backbone, use_cpu_threads
 from ..checkpoints import write_checksums
 from ..config import Config, ModelConfig, TrainConfig
 from ..data.sources import data_source, stage1_dialogues
-from ..objective import LMObjective, answer_accuracy, train_lm
+from ..objective import LMObjective, answer_accuracy, generate_answer, train_lm, without_last_answer
 from ..processor import VLProcessor
 from ..records import Dialogue
 from ..sequence import dialogue_examples
-from ..shapesworld import qa_dialogue, question_template, render, sample_scene, text_corpus
+from ..shapesworld import DESCRIBE, qa_dialogue, question_template, render, sample_scene, text_corpus
 from ..shapesworld.asking import answer_set
+from ..shapesworld.language import description_hits
 from .vision import pretrain_vision
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,10 @@ class TinyConfig:
     image_size: int = 112
     stage0: TrainConfig = None        # set in __post_init__
     supervise: str = "answers"        # stage-0 loss on answers only: questions are templates, answers need the image
-    split_turns: bool = True          # one QA turn per sequence: no copying answers from an earlier turn or
-                                      # description in context (6-turn sequences: "where" fell 53 -> 20 %)
+    pack_turns: bool = False          # a scene's turns in one sequence, each hidden from the others (the mask's
+                                      # separate_turns): 5x the answers per sequence, no copying between turns.
+                                      # False: one QA turn per sequence. (Plain multi-turn sequences let answers
+                                      # be copied: "where" fell 53 -> 20 %.)
 
     vision: TrainConfig = None        # ViT pre-training on token labels; set in __post_init__
     vision_scenes: int = 0            # seeded scenes for it, re-used across epochs (0: new scenes every step)
@@ -220,8 +223,40 @@ def accuracy_by_question_type(backbone, train: list[Dialogue], heldout: list[Dia
     return out
 
 
-def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Path:
-    """Build, stage-0 train and save the tiny VLM into ``out_dir``; stage 0 reads ``data_cfg``'s dialogues."""
+def description_accuracy(backbone, heldout: list[Dialogue], s1, max_new_tokens: int = 96) -> dict[str, float | int]:
+    """The free description scored per thing it states: each held-out "Describe the image in detail." turn, alone
+    with its image, answered by greedy decoding (``objective.generate_answer``) and read against the true one
+    (``shapesworld.language.description_hits``): the fraction of object counts, and of the true objects' sizes,
+    colours, shapes and places, said right. Exact match of a whole description is ~0 and says little."""
+    turns = [Dialogue(turns=(t,), image=d.image) for d in heldout for t in d.turns if t.question == DESCRIBE]
+    totals: dict[str, list[int]] = {}
+    for dialogue, example in zip(turns, dialogue_examples(backbone.processor, turns, s1, with_compression=False)):
+        said = generate_answer(backbone, without_last_answer(example)[0], compression_mask=False,
+                               max_new_tokens=max_new_tokens)
+        for field, (right, asked) in description_hits(said, dialogue.turns[0].answer).items():
+            total = totals.setdefault(field, [0, 0])
+            total[0] += right
+            total[1] += asked
+    return {"descriptions": len(turns), **{field: right / max(1, asked) for field, (right, asked) in totals.items()}}
+
+
+def copy_vision(visual: torch.nn.Module, source: Path) -> dict:
+    """Load the pre-trained ViT of the tiny checkpoint ``source`` into ``visual`` (same vision config) and return
+    what its ``tiny_report.json`` measured of it: stage-0 studies reuse one ViT instead of pre-training it again."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(source) / "model.safetensors"))
+    state = {k.removeprefix("model.").removeprefix("visual."): v for k, v in weights.items()
+             if k.removeprefix("model.").startswith("visual.")}
+    visual.load_state_dict(state, strict=True)
+    report = json.loads((Path(source) / "tiny_report.json").read_text())
+    return {"token_accuracy": report["vision_token_accuracy"], "first_loss": report["vision_first_loss"],
+            "last_loss": report["vision_last_loss"]}
+
+
+def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config, vision_from: str | Path | None = None) -> Path:
+    """Build, stage-0 train and save the tiny VLM into ``out_dir``; stage 0 reads ``data_cfg``'s dialogues.
+    ``vision_from``: a tiny checkpoint whose pre-trained ViT to reuse (its vision settings must be ``tc``'s)."""
     out_dir = Path(out_dir)
     start = time.perf_counter()
     use_cpu_threads(tc.threads)
@@ -236,9 +271,12 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Pat
     shutil.rmtree(work, ignore_errors=True)
     init_dir = work / "init"
     clock = time.perf_counter()
-    vision = pretrain_vision(model.model.visual, VLProcessor(tokenizer, image_processor), tc.vision, work / "vision",
-                             n_scenes=tc.vision_scenes, n_heldout=tc.vision_heldout, image_size=tc.image_size,
-                             n_objects=tc.vision_objects)
+    if vision_from:
+        vision = copy_vision(model.model.visual, Path(vision_from))
+    else:
+        vision = pretrain_vision(model.model.visual, VLProcessor(tokenizer, image_processor), tc.vision,
+                                 work / "vision", n_scenes=tc.vision_scenes, n_heldout=tc.vision_heldout,
+                                 image_size=tc.image_size, n_objects=tc.vision_objects)
     vision_seconds = time.perf_counter() - clock
     model.save_pretrained(str(init_dir))
     tokenizer.save_pretrained(str(init_dir))
@@ -256,16 +294,19 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Pat
     train, heldout = dialogues[:-n_heldout], dialogues[-n_heldout:]
     stage0 = train + stage0_dialogues(work / "stage0_images", tc.stage0_scenes, tc.seed, tc.image_size,
                                       tc.stage0_turns, language)
-    if tc.split_turns:  # stage 0 only: the report splits the held-out dialogues itself
+    if not tc.pack_turns:  # stage 0 only: the report splits the held-out dialogues itself
         stage0 = [Dialogue(turns=(turn,), image=d.image, text=d.text) for d in stage0 for turn in d.turns]
     clock = time.perf_counter()
     stage0_objective = LMObjective(layout=data_cfg.stage1, compression_mask=False, with_compression=False,
-                                   supervise=tc.supervise)  # plain causal next-token training, no compression tokens
+                                   supervise=tc.supervise, separate_turns=tc.pack_turns)  # no compression tokens
     history = train_lm(backbone, stage0, tc.stage0, work / "stage0", stage0_objective, desc="stage 0")
     stage0_seconds = time.perf_counter() - clock
     heldout_examples = dialogue_examples(backbone.processor, heldout, data_cfg.stage1, with_compression=False)
     accuracy = answer_accuracy(backbone, heldout_examples, compression_mask=False)
     by_type = accuracy_by_question_type(backbone, stage0, heldout, data_cfg.stage1)  # priors: what stage 0 saw
+    descriptions = description_accuracy(backbone, heldout, data_cfg.stage1)
+    short = {k: v for k, v in by_type.items() if k != DESCRIBE}
+    n_short = sum(t["answers"] for t in short.values())
     n_turns = sum(t["answers"] for t in by_type.values())
 
     backbone.hf.save_pretrained(str(work / "model"))
@@ -283,7 +324,12 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config) -> Pat
         "heldout_turn_accuracy": sum(t["accuracy"] * t["answers"] for t in by_type.values()) / n_turns,
         "heldout_turn_blind": sum(t["blind"] * t["answers"] for t in by_type.values()) / n_turns,
         "heldout_by_question_type": by_type,
+        # ... the short answers alone (every type but the free description), and the description per attribute
+        "heldout_short_accuracy": sum(t["accuracy"] * t["answers"] for t in short.values()) / max(1, n_short),
+        "heldout_short_blind": sum(t["blind"] * t["answers"] for t in short.values()) / max(1, n_short),
+        "heldout_description": descriptions,
         "stage0_first_loss": history[0]["loss"], "stage0_last_loss": history[-1]["loss"],
+        "vision_from": str(vision_from) if vision_from else None,
         "vision_seconds": round(vision_seconds, 1), "stage0_seconds": round(stage0_seconds, 1),
         "stage0_sequences": len(stage0),
         "parameters": sum(p.numel() for p in backbone.hf.parameters()),

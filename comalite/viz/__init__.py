@@ -1,5 +1,6 @@
 """Pictures for the lessons: the stage-1 attention mask, training curves, similarity matrices, embedding
-spaces, retrieval galleries, benchmark bars and an interactive neighbour explorer.
+spaces, retrieval galleries, benchmark bars, the experiment's budget curve and an interactive neighbour
+explorer.
 
 Every plotting function takes plain numpy arrays or lists (never a model object), returns the matplotlib
 ``Figure`` and, given ``save_to``, also writes it to that file (a PNG unless the suffix names another
@@ -17,8 +18,10 @@ What is where (import everything from ``comalite.viz`` itself):
 - ``space``: :func:`project_2d` (PCA or UMAP) and :func:`plot_embedding_space`.
 - ``gallery``: :func:`plot_query_candidates`, :func:`top_k`, :func:`plot_retrieval_gallery`,
   :func:`plot_search_results` and :func:`neighbour_explorer`.
+- ``budget``: :func:`plot_budget_curve` (the miniature experiment's Precision@1 against stage-2 steps).
 """
 from .attention_mask import plot_attention_mask, role_segments
+from .budget import plot_budget_curve
 from .figures import ema_smooth, plot_loss_curves, plot_results_bars, plot_similarity_matrix
 from .gallery import (
     neighbour_explorer,
@@ -51,6 +54,7 @@ __all__ = [
     "ema_smooth",
     "neighbour_explorer",
     "plot_attention_mask",
+    "plot_budget_curve",
     "plot_embedding_space",
     "plot_loss_curves",
     "plot_results_bars",
