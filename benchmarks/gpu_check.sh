@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one go, sized for a 10-minute slot on one H100/H200 (an estimate: not run on a GPU yet):
 #   1. the bf16/sdpa CUDA cases of tests/test_mask.py (mask and padding invariance, eager vs sdpa);
-#   2. benchmarks/bench_real_recipe.py on the full-size random 2B: stage 1 and stage 2, nf4 and none.
+#   2. benchmarks/bench_real_recipe.py on the full-size random 2B: stage 1 and stage 2, nf4 and none;
+#   3. benchmarks/bench_input_pipeline.py: images/s against data.workers on the machine's cores (~2 min).
 #
 #   bash benchmarks/gpu_check.sh                        # from anywhere; results in $OUT or benchmarks/results/
 #   STAGE2_BATCH=1024 STEPS=2 bash benchmarks/gpu_check.sh   # the preset's full stage-2 batch (longer)
@@ -49,8 +50,12 @@ timeout -k 15 "${BENCH_SECONDS:-420}" "$VPY" benchmarks/bench_real_recipe.py --d
   --out "$OUT_DIR/real_recipe_cuda.json"
 bench_rc=$?
 
+echo "== 3. input pipeline: images/s and data wait against workers, on this machine's cores"
+timeout -k 15 300 "$VPY" benchmarks/bench_input_pipeline.py --images 512 --workers 0,1,2,4,8,15 --compute-ms 20 \
+  --out "$OUT_DIR/input_pipeline_gpu_machine.json" || bench_rc=$?
+
 for size in ${IMAGE_SIZES:-}; do
-  echo "== 3. image budget: ${size} x ${size} px, nf4"
+  echo "== 4. image budget: ${size} x ${size} px, nf4"
   timeout -k 15 "${BENCH_SECONDS:-420}" "$VPY" benchmarks/bench_real_recipe.py --device cuda --quantizations nf4 \
     --steps "${STEPS:-2}" --warmup 1 --stage2-batch "${STAGE2_BATCH:-256}" --image-size "$size" --timeout 300 \
     --out "$OUT_DIR/real_recipe_cuda_${size}px.json" || bench_rc=$?

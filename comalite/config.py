@@ -99,6 +99,9 @@ class DataConfig:
     n_candidates: int = 10
     language: int = 1                 # ShapesWorld question language: 1 = as the shipped tiny VLM was built;
                                       # 2 = balanced answers, leak-free dialogues (comalite.shapesworld.asking)
+    workers: str = "auto"             # threads that read and process images ahead of training and evaluation
+                                      # (comalite.prefetch): a number (0 = in turn, in the main thread), or "auto"
+                                      # = min(8, cores - 1) on a GPU, 0 on a CPU (the step's threads use every core)
 
 
 @dataclass
@@ -231,6 +234,8 @@ class Config:
                              ("stage2.chunk_size", self.stage2.chunk_size), ("eval.batch_size", self.eval.batch_size)):
             if value < 1:
                 raise ConfigError(f"{where}={value}: must be at least 1")
+        if self.data.workers != "auto" and not self.data.workers.isdigit():
+            raise ConfigError(f"data.workers={self.data.workers!r}: give a whole number of threads (0 = none) or auto")
         if self.stage2.temperature <= 0:
             raise ConfigError(f"stage2.temperature={self.stage2.temperature}: must be > 0")
         check_sizes(self)

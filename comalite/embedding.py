@@ -30,6 +30,7 @@ from .progress import progress_bar
 from .records import IMAGE_PLACEHOLDER, EmbedInput
 from .result import load_result, model_config_of, pooling_of
 from .pooling import get_pooling
+from .prefetch import ImagePrefetcher, images_of
 from .roles import COMPRESS
 from .sequence import collate, embed_example
 
@@ -44,17 +45,20 @@ def pool(hidden: torch.Tensor, roles: torch.Tensor, pooling: str = "mean") -> to
     return F.normalize(method.pool(hidden, roles).float(), dim=-1)
 
 
-def _examples(backbone: Backbone, inputs: list[EmbedInput]) -> list:
+def _examples(backbone: Backbone, inputs: list[EmbedInput], images: ImagePrefetcher | None = None) -> list:
     """``embed_example`` of each input, bounded by the backbone's ``model.embed_max_length`` (and
     ``model.embed_too_long``): an over-long input is refused, naming it, before it reaches the model."""
     cfg = backbone.config
     limit, too_long = getattr(cfg, "embed_max_length", 0), getattr(cfg, "embed_too_long", "refuse")
-    return [embed_example(backbone.processor, item, max_length=limit, too_long=too_long) for item in inputs]
+    return [embed_example(backbone.processor, item, max_length=limit, too_long=too_long, images=images)
+            for item in inputs]
 
 
-def encode(backbone: Backbone, inputs: list[EmbedInput], pooling: str = "mean") -> torch.Tensor:
-    """Embeddings (n, H) of ``inputs`` in one padded batch, with grad if grad is enabled (training)."""
-    examples = _examples(backbone, inputs)
+def encode(backbone: Backbone, inputs: list[EmbedInput], pooling: str = "mean",
+           images: ImagePrefetcher | None = None) -> torch.Tensor:
+    """Embeddings (n, H) of ``inputs`` in one padded batch, with grad if grad is enabled (training);
+    ``images``: their patches prepared ahead (``comalite.prefetch``)."""
+    examples = _examples(backbone, inputs, images)
     batch = collate(examples, backbone.processor.tokenizer.pad_token_id, pad_side="left")
     return pool(backbone.hidden_states(batch), batch["roles"], pooling)
 
@@ -162,21 +166,30 @@ class EmbeddingModel:
 
     ``encode`` takes texts, image files, PIL images and mixed inputs; ``embed`` takes ``EmbedInput`` records
     as the evaluation passes them. ``name`` labels it in tables; ``fingerprint`` (``model_fingerprint``)
-    keys evaluation caches and image indexes. Load a trained one with ``load``.
+    keys evaluation caches and image indexes. Load a trained one with ``load``. ``workers`` threads read the
+    images that ``prepare`` announces ahead of ``embed`` (``comalite.prefetch``; 0: read in turn).
     """
 
-    def __init__(self, backbone: Backbone, name: str, *, pooling: str = "mean", batch_size: int = 16):
+    def __init__(self, backbone: Backbone, name: str, *, pooling: str = "mean", batch_size: int = 16,
+                 workers: int = 0):
         self.backbone, self.name, self.pooling, self.batch_size = backbone, name, pooling, batch_size
         self.fingerprint = model_fingerprint(backbone, pooling)
+        self.images = ImagePrefetcher(backbone.processor, workers)
 
     @classmethod
-    def load(cls, result_dir: str | Path, *, name: str | None = None, batch_size: int = 16,
+    def load(cls, result_dir: str | Path, *, name: str | None = None, batch_size: int = 16, workers: int = 0,
              **model_overrides) -> "EmbeddingModel":
         """Load a stage-1 or stage-2 result folder (``comalite.result``) for embedding, with the pooling and
         model settings it was trained with (``model_overrides``: where it runs, e.g. ``device="cpu"``)."""
         result_dir = Path(result_dir)
         backbone = load_result(result_dir, model_cfg=model_config_of(result_dir, **model_overrides))
-        return cls(backbone.eval(), name or result_dir.name, pooling=pooling_of(result_dir), batch_size=batch_size)
+        return cls(backbone.eval(), name or result_dir.name, pooling=pooling_of(result_dir), batch_size=batch_size,
+                   workers=workers)
+
+    def prepare(self, inputs: list[EmbedInput]) -> None:
+        """Start reading the images of ``inputs``, which the next calls of ``embed`` take in this order (the
+        evaluation announces a dataset's inputs; an ``embed`` of others is served in turn)."""
+        self.images.follow(images_of(inputs))
 
     @property
     def dim(self) -> int:
@@ -192,7 +205,7 @@ class EmbeddingModel:
         out = []
         with progress_bar(total=len(inputs), enabled=progress, desc=f"embed {self.name}", unit="input") as bar:
             for i in range(0, len(inputs), size):
-                out.append(encode(self.backbone, inputs[i:i + size], self.pooling).cpu())
+                out.append(encode(self.backbone, inputs[i:i + size], self.pooling, self.images).cpu())
                 bar.update(len(out[-1]))
         if not out:
             return np.zeros((0, self.dim), np.float32)

@@ -12,7 +12,8 @@ would produce this answer", without running a decoding loop.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .batching import batch_indices
 from .config import Stage1Config, TrainConfig
 from .distributed import local_share, seed_chunk
 from .mask import attention_allowed
+from .prefetch import ImagePrefetcher, images_of
 from .records import Dialogue
 from .sequence import ANSWER, Example, collate, dialogue_examples, supervised_positions
 from .trainer import Trainer, seed_everything
@@ -131,29 +133,40 @@ class LMObjective:
 
 
 def lm_step(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig,
-            objective: LMObjective) -> Callable[[int], float]:
+            objective: LMObjective, workers: int = 0) -> Callable[[int], float]:
     """``step_fn(step) -> loss``: the forward and backward passes of one optimizer step of next-token training.
 
     Each step takes ``train.batch_size`` dialogues (``batching.batch_indices``), in ``train.grad_accum``
     micro-batches whose losses are averaged; under ``torch.distributed`` each process takes its share of the
     micro-batches (``grad_accum`` must be a multiple of the processes). Dropout is seeded per micro-batch, so
-    any number of processes computes the same update.
+    any number of processes computes the same update. ``workers`` threads prepare the images of the next
+    micro-batches and steps ahead (``comalite.prefetch``; 0: each micro-batch reads its own in turn).
     """
     pad_id = backbone.processor.tokenizer.pad_token_id
     micro = max(1, train.grad_accum)
     if train.batch_size % micro:
         raise ValueError(f"batch_size {train.batch_size} is not divisible by grad_accum {micro}")
     mine = local_share(list(range(micro)), "grad_accum (micro-batches per step)")
+    images = ImagePrefetcher(backbone.processor, workers)
+
+    def micro_batches(step: int) -> list[list[Dialogue]]:
+        """This process's micro-batches of step ``step``."""
+        indices = np.array_split(np.array(batch_indices(step, train.batch_size, len(dialogues), train.seed)), micro)
+        return [[dialogues[i] for i in indices[k]] for k in mine]
+
+    def plan_from(step: int) -> Iterator[tuple[str, str]]:
+        for later in itertools.count(step):
+            for batch in micro_batches(later):
+                yield from images_of(batch)
 
     def step_fn(step: int) -> float:
         backbone.train()
-        indices = batch_indices(step, train.batch_size, len(dialogues), train.seed)
-        micro_batches = np.array_split(np.array(indices), micro)
+        images.at_step(step, plan_from)
         total = 0.0
-        for k in mine:
+        for k, batch in zip(mine, micro_batches(step)):
             seed_chunk(train.seed, step, k)
-            examples = dialogue_examples(backbone.processor, [dialogues[i] for i in micro_batches[k]],
-                                         objective.layout, with_compression=objective.with_compression)
+            examples = dialogue_examples(backbone.processor, batch, objective.layout,
+                                         with_compression=objective.with_compression, images=images)
             loss = lm_loss(backbone, collate(examples, pad_id), compression_mask=objective.compression_mask,
                            supervise=objective.supervise, separate_turns=objective.separate_turns) / len(mine)
             loss.backward()
@@ -165,10 +178,11 @@ def lm_step(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig,
 
 def train_lm(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig, out_dir: Path,
              objective: LMObjective, *, desc: str = "stage 1", fingerprint: str = "",
-             stop_at: int | None = None) -> list[dict]:
+             stop_at: int | None = None, workers: int = 0) -> list[dict]:
     """Next-token training on dialogues (stage 0 and stage 1 both call this): ``lm_step`` in the shared
-    ``Trainer``; returns the loss history. ``fingerprint`` identifies the run in its checkpoints."""
+    ``Trainer``; returns the loss history. ``fingerprint`` identifies the run in its checkpoints; ``workers``
+    threads prepare images ahead."""
     seed_everything(train.seed)
-    step_fn = lm_step(backbone, dialogues, train, objective)
+    step_fn = lm_step(backbone, dialogues, train, objective, workers)
     trainer = Trainer(backbone.trainable_parameters(), train, out_dir, step_fn, desc=desc, fingerprint=fingerprint)
     return trainer.run(stop_at=stop_at)

@@ -29,6 +29,7 @@ from .eval import evaluate
 from .eval.report import check_saved, save_results
 from .eval.registry import dataset_info
 from .paths import data_dir
+from .prefetch import resolve_workers
 from .result import read_result
 from .runs import run_lock
 from .stage1 import run_stage1
@@ -108,13 +109,15 @@ def ensure_stage(cfg: Config, stage: str, *, overwrite: bool = False) -> Path:
 def embedding_model(cfg: Config, name: str) -> EmbeddingModel:
     """An embedding model by name (see module doc). Stages are made sure of first; a result folder brings
     its own pooling and model settings."""
+    workers = resolve_workers(cfg.data.workers, cfg.model.device)
     if name == "base":
         prepare(cfg)
         backbone = load_backbone(cfg.model, train_adapter=None, train_compression=False)
-        return EmbeddingModel(backbone.eval(), "base", pooling=cfg.stage2.pooling, batch_size=cfg.eval.batch_size)
+        return EmbeddingModel(backbone.eval(), "base", pooling=cfg.stage2.pooling, batch_size=cfg.eval.batch_size,
+                              workers=workers)
     folder = ensure_stage(cfg, name) if name in STAGES else Path(name)
-    return EmbeddingModel.load(folder, name=name, batch_size=cfg.eval.batch_size, device=cfg.model.device,
-                               cpu_threads=cfg.model.cpu_threads)
+    return EmbeddingModel.load(folder, name=name, batch_size=cfg.eval.batch_size, workers=workers,
+                               device=cfg.model.device, cpu_threads=cfg.model.cpu_threads)
 
 
 def evaluate_models(cfg: Config, names: list[str] | tuple[str, ...] = MODEL_NAMES, *,

@@ -27,6 +27,7 @@ from PIL import Image
 
 from .data.images import load_image
 from .errors import DataFormatError
+from .prefetch import ImagePrefetcher
 from .processor import VLProcessor
 from .records import IMAGE_PLACEHOLDER, Dialogue, EmbedInput
 from .roles import ANSWER, COMPRESS, CONTEXT, PAD, QUESTION
@@ -70,16 +71,21 @@ class Example:
         self.roles += [role] * len(ids)
 
 
-def add_image(ex: Example, processor: VLProcessor, image: str | Image.Image, origin: str = "") -> None:
+def add_image(ex: Example, processor: VLProcessor, image: str | Image.Image, origin: str = "",
+              images: ImagePrefetcher | None = None) -> None:
     """Append the vision span of ``image`` (role context) and keep its patches. ``image`` is a file path or
     an in-memory PIL image; the latter has no file identity (path, size, mtime) to key the vision cache by,
     so it is never cached and leaves ``ex.image`` None. An unreadable image file raises DataFormatError
-    naming the file and, given the input's ``origin``, the row that uses it."""
+    naming the file and, given the input's ``origin``, the row that uses it. ``images``: patches prepared
+    ahead (``comalite.prefetch``), taken when the vision cache does not hold the image."""
     path = None if isinstance(image, Image.Image) else image
+    prepared = images.take(path) if images is not None and path is not None else None
     cache = processor.vision_cache if path is not None else None
     cached = cache.get(path) if cache is not None else None
     if cached is not None:
         pixel_values, grid = None, cached[0]
+    elif prepared is not None:
+        pixel_values, grid = prepared
     else:
         pixel_values, grid = processor.encode_image(image if path is None else load_image(path, origin))
     ex.pixel_values, ex.image_grid_thw, ex.image = pixel_values, grid, path
@@ -87,7 +93,7 @@ def add_image(ex: Example, processor: VLProcessor, image: str | Image.Image, ori
 
 
 def embed_example(processor: VLProcessor, item: EmbedInput, *, with_compression: bool = True,
-                  max_length: int = 0, too_long: str = "refuse") -> Example:
+                  max_length: int = 0, too_long: str = "refuse", images: ImagePrefetcher | None = None) -> Example:
     """Stage-2 input: text with ``<|image_1|>`` replaced by the image, then the compression tokens.
 
     An image without a placeholder goes first; a placeholder without an image is an error (it would
@@ -109,7 +115,7 @@ def embed_example(processor: VLProcessor, item: EmbedInput, *, with_compression:
     compress = processor.compress_ids if with_compression else []
     ex.add(before_ids, CONTEXT)
     if item.image:
-        add_image(ex, processor, item.image, item.origin)
+        add_image(ex, processor, item.image, item.origin, images)
     n = len(ex.input_ids) + len(after_ids) + len(compress)
     if max_length and n > max_length:
         over, text = n - max_length, len(before_ids) + len(after_ids)
@@ -139,7 +145,7 @@ def embed_example(processor: VLProcessor, item: EmbedInput, *, with_compression:
 
 def dialogue_example(processor: VLProcessor, dialogue: Dialogue, *, prompt: str, text_prompt: str,
                      multi_turn: bool = True, with_compression: bool = True, max_length: int = 0,
-                     too_long: str = "refuse") -> Example:
+                     too_long: str = "refuse", images: ImagePrefetcher | None = None) -> Example:
     """Stage-1 sequence (and stage 0's, with ``with_compression=False``): the layout in the module doc.
 
     ``max_length`` (``stage1.max_length``; 0 = none) bounds the tokens: a longer dialogue raises
@@ -148,7 +154,7 @@ def dialogue_example(processor: VLProcessor, dialogue: Dialogue, *, prompt: str,
     ex = Example([], [])
     ex.add(processor.encode_text("<|im_start|>user\n"), CONTEXT)
     if dialogue.image:
-        add_image(ex, processor, dialogue.image, dialogue.origin)
+        add_image(ex, processor, dialogue.image, dialogue.origin, images)
         ex.add(processor.encode_text(prompt), CONTEXT)
     else:
         ex.add(processor.encode_text(dialogue.text + "\n" + text_prompt), CONTEXT)
@@ -183,13 +189,14 @@ def dialogue_example(processor: VLProcessor, dialogue: Dialogue, *, prompt: str,
     return ex
 
 
-def dialogue_examples(processor, dialogues: list[Dialogue], s1, *,
-                      with_compression: bool = True) -> list[Example]:
+def dialogue_examples(processor, dialogues: list[Dialogue], s1, *, with_compression: bool = True,
+                      images: ImagePrefetcher | None = None) -> list[Example]:
     """``dialogue_example`` for each dialogue, with the prompts and turn setting of ``s1`` (a
     ``Stage1Config``)."""
     return [dialogue_example(processor, d, prompt=s1.prompt, text_prompt=s1.text_prompt,
                              multi_turn=s1.multi_turn, with_compression=with_compression,
-                             max_length=getattr(s1, "max_length", 0), too_long=getattr(s1, "too_long", "refuse"))
+                             max_length=getattr(s1, "max_length", 0), too_long=getattr(s1, "too_long", "refuse"),
+                             images=images)
             for d in dialogues]
 
 

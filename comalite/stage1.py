@@ -19,6 +19,7 @@ from .data.sources import stage1_dialogues
 from .distributed import barrier, is_writer, world_size
 from .errors import ConfigError
 from .objective import LMObjective, answer_accuracy, train_lm
+from .prefetch import resolve_workers
 from .result import write_result
 from .runs import open_run, stage_record
 from .sequence import dialogue_examples
@@ -56,7 +57,8 @@ def run_stage1(cfg: Config, *, overwrite: bool = False, stop_at: int | None = No
         heldout_examples = dialogue_examples(backbone.processor, heldout, s1)
         before = answer_accuracy(backbone, heldout_examples, compression_mask=s1.mask)
         history = train_lm(backbone, train, s1.train, out, LMObjective.for_stage1(s1),
-                           fingerprint=record["fingerprint"], stop_at=stop_at)
+                           fingerprint=record["fingerprint"], stop_at=stop_at,
+                           workers=resolve_workers(cfg.data.workers, backbone.device))
         if stop_at is not None and stop_at < s1.train.steps:
             return out
         after = answer_accuracy(backbone, heldout_examples, compression_mask=s1.mask)

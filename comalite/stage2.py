@@ -9,8 +9,9 @@ memory is that of one chunk.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .embedding import encode
 from .errors import ConfigError
 from .gradcache import gradcache_step
 from .loss import make_loss
+from .prefetch import ImagePrefetcher, images_of, resolve_workers
 from .records import TrainPair
 from .result import load_result, write_result
 from .runs import open_run, stage_record
@@ -108,30 +110,50 @@ def contrastive_step(backbone: Backbone, train: list[TrainPair], cfg: Config) ->
     The step's batch comes from same-subset sub-batches (``SubBatchSampler``), is encoded in GradCache chunks
     and scored with InfoNCE. Under ``torch.distributed`` every process draws the same global batch, takes its
     share (whole sub-batches), and the loss gathers every process's embeddings; dropout is seeded per chunk
-    from its place in the global batch, so any number of processes computes the same update.
+    from its place in the global batch, so any number of processes computes the same update. ``data.workers``
+    threads prepare the images of both passes and of the next steps ahead (``comalite.prefetch``).
     """
     s2, train_cfg = cfg.stage2, cfg.stage2.train
     sampler = SubBatchSampler([p.subset for p in train], train_cfg.batch_size, s2.sub_batch_size or None,
                               seed=train_cfg.seed)
     loss_fn = make_loss(s2)
     first_chunk = rank() * batch_geometry(cfg, len(train)).chunks_per_process  # its place in the global batch
+    images = ImagePrefetcher(backbone.processor, resolve_workers(cfg.data.workers, backbone.device))
 
-    def step_fn(step: int) -> float:
-        backbone.train()
+    def step_chunks(step: int) -> list[list[tuple]]:
+        """The GradCache groups of step ``step``'s share: queries, targets (and hard negatives), in chunks
+        ``(group, index in the global batch, inputs)``."""
         sampler.seek(step)
         batch = local_share([train[i] for i in next(iter(sampler))], "stage2.train.batch_size")
 
         def chunks(group: int, items: list) -> list[tuple]:
             return [(group, first_chunk + k, c) for k, c in enumerate(_chunks(items, s2.chunk_size))]
 
+        negatives = [p.negative for p in batch if p.negative is not None] if s2.hard_negatives else []
+        return [chunks(0, [p.query for p in batch]), chunks(1, [p.positive for p in batch])] + \
+            ([chunks(2, negatives)] if negatives else [])
+
+    def plan_from(step: int) -> Iterator[tuple[str, str]]:
+        """The images of steps ``step``, ``step + 1``, ... in the order ``gradcache_step`` encodes them: every
+        chunk of every group, twice (its two passes) unless each group is one chunk."""
+        for later in itertools.count(step):
+            groups = step_chunks(later)
+            for _ in range(1 if all(len(group) == 1 for group in groups) else 2):
+                for group in groups:
+                    for _, _, items in group:
+                        yield from images_of(items)
+
+    def step_fn(step: int) -> float:
+        backbone.train()
+        images.at_step(step, plan_from)
+
         def encode_chunk(chunk: tuple) -> torch.Tensor:
             group, index, items = chunk
             seed_chunk(train_cfg.seed, step, group, index)
-            return encode(backbone, items, s2.pooling)
+            return encode(backbone, items, s2.pooling, images)
 
-        negatives = [p.negative for p in batch if p.negative is not None] if s2.hard_negatives else []
-        loss = gradcache_step(encode_chunk, chunks(0, [p.query for p in batch]), chunks(1, [p.positive for p in batch]),
-                              loss_fn, extra_chunks=chunks(2, negatives) if negatives else None)
+        queries, targets, *negatives = step_chunks(step)
+        loss = gradcache_step(encode_chunk, queries, targets, loss_fn, extra_chunks=negatives[0] if negatives else None)
         return float(loss)
 
     return step_fn

@@ -6,11 +6,13 @@ twice per step (GradCache's two passes) and again every epoch, and evaluation en
 images for every model. A ``VisionCache`` keeps each image's grid and tokens, bounded by a byte budget
 (least recently used out), shared by every model loaded from the same checkpoint with the same image
 settings. Entries are keyed by the file's path, size and modification time, so an image rewritten in place
-is encoded again. Off by default (``model.vision_cache_mb=0``); the tiny preset turns it on.
+is encoded again. Off by default (``model.vision_cache_mb=0``); the tiny preset turns it on. Thread-safe:
+``comalite.prefetch``'s workers ``peek`` while the main thread looks up and adds.
 """
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 
 import torch
@@ -23,6 +25,7 @@ class VisionCache:
         self.budget = budget_bytes
         self.used = 0
         self.entries: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.lock = threading.Lock()
 
     @staticmethod
     def _key(path: str) -> tuple:
@@ -30,23 +33,32 @@ class VisionCache:
         return path, stat.st_size, stat.st_mtime_ns
 
     def get(self, path: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The entry of ``path`` (now the most recently used), or None."""
         key = self._key(path)
-        entry = self.entries.get(key)
-        if entry is not None:
-            self.entries.move_to_end(key)
-        return entry
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is not None:
+                self.entries.move_to_end(key)
+            return entry
+
+    def peek(self, path: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The entry of ``path``, or None, leaving the order of use as it is (what evicts next)."""
+        key = self._key(path)
+        with self.lock:
+            return self.entries.get(key)
 
     def put(self, path: str, grid: torch.Tensor, tokens: torch.Tensor) -> None:
         key = self._key(path)
-        if key in self.entries:
-            return
         size = tokens.numel() * tokens.element_size()
-        while self.entries and self.used + size > self.budget:
-            _, (_, old) = self.entries.popitem(last=False)
-            self.used -= old.numel() * old.element_size()
-        if size <= self.budget:
-            self.entries[key] = (grid, tokens.detach())
-            self.used += size
+        with self.lock:
+            if key in self.entries:
+                return
+            while self.entries and self.used + size > self.budget:
+                _, (_, old) = self.entries.popitem(last=False)
+                self.used -= old.numel() * old.element_size()
+            if size <= self.budget:
+                self.entries[key] = (grid, tokens.detach())
+                self.used += size
 
 
 _SHARED: dict[str, VisionCache] = {}

@@ -125,6 +125,17 @@ def test_bench_step_speed(bench, tmp_path, tiny_checkpoint, data_root):
     assert images["s_per_image"] > 0 and images["s_per_image_threads"] > 0
 
 
+def test_bench_input_pipeline(bench, tmp_path, capsys):
+    out = tmp_path / "input.json"
+    report = bench("bench_input_pipeline").main(["--images", "4", "--workers", "0,1", "--size", "320x240",
+                                                  "--compute-ms", "1", "--out", str(out)])
+    assert _read(out) == json.loads(json.dumps(report))
+    assert [r["workers"] for r in report["rows"]] == [0, 1] and report["rows"][0]["speedup"] == 1
+    assert all(r["images_per_s"] > 0 and 0 <= r["wait_fraction"] <= 1 for r in report["rows"])
+    assert 0 < report["llm_tokens_per_image"] <= report["max_pixels"] // 28 ** 2
+    assert "data wait" in capsys.readouterr().out
+
+
 def test_estimate_memory(bench, tmp_path):
     """The image-budget estimate: the terms the docstring states, by hand for one case, growing with the budget."""
     estimate_memory = bench("estimate_memory")

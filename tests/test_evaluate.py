@@ -179,10 +179,10 @@ def test_a_regenerated_image_at_the_same_path_is_encoded_again(tmp_path):
     embedder = TableEmbedder({"q": [1, 0], "": [1, 0], "b": [0, 1]})
     evaluate_dataset(embedder, data, cache_dir=tmp_path / "cache", progress=False)
     evaluate_dataset(embedder, data, cache_dir=tmp_path / "cache", progress=False)
-    assert embedder.encoded == ["q", "", "b"]  # the second run came from the cache
+    assert embedder.encoded == ["q", "b", ""]  # shortest first (the text, then the image); the second run: cached
     Image.new("RGB", (9, 9), "blue").save(image)  # new content (and size) at the same path
     evaluate_dataset(embedder, data, cache_dir=tmp_path / "cache", progress=False)
-    assert embedder.encoded == ["q", "", "b"] * 2
+    assert embedder.encoded == ["q", "b", ""] * 2
 
 
 def test_bad_embeddings_are_rejected():

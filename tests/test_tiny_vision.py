@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -107,3 +109,22 @@ def test_stage0_dialogues_ask_distinct_questions_about_fresh_images(tmp_path):
         assert Image.open(d.image).size == (112, 112)
     again = stage0_dialogues(tmp_path / "again", 3, seed=0, image_size=112, n_turns=6)
     assert [d.turns for d in again] == [d.turns for d in dialogues]  # seeded
+
+
+def test_scale_image_tokens_sets_their_mean_norm_and_keeps_their_directions():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from comalite.shapesworld import sample_scene
+    from comalite.tiny.vision import _encode, image_tokens, scale_image_tokens
+
+    visual, tokenizer = _small_visual()
+    processor = VLProcessor(tokenizer, Qwen2VLImageProcessorPil(min_pixels=784, max_pixels=112 * 112))
+    pixels, grid, _, _ = _encode(processor, [sample_scene(np.random.default_rng(1)) for _ in range(3)], 112)
+    with torch.no_grad():
+        before = image_tokens(visual, pixels.flatten(0, 1), grid.repeat(3, 1))
+        factor = scale_image_tokens(visual, processor, 112, 1.0, n_scenes=8)
+        after = image_tokens(visual, pixels.flatten(0, 1), grid.repeat(3, 1))
+    torch.testing.assert_close(after, before * factor, rtol=1e-4, atol=1e-6)  # one factor, the same directions
+    assert 0.5 < float(after.norm(dim=-1).mean()) < 2.0 and abs(factor - 1) > 0.1  # near the target, really moved
+    again = scale_image_tokens(visual, processor, 112, 1.0, n_scenes=8)
+    assert again == pytest.approx(1.0, abs=1e-4)  # the same scenes: already at the target

@@ -126,6 +126,9 @@ def cached_embeddings(embedder, inputs: list[EmbedInput], cache: Path | None, ba
     for lo, array in chunks.items():
         done[lo : lo + len(array)] = True
     todo = _missing_batches(done, batch_size)[rank()::world_size()]
+    prepare = getattr(embedder, "prepare", None)  # an embedder that reads ahead (EmbeddingModel) is told the plan
+    if prepare is not None:
+        prepare([item for lo, hi in todo for item in inputs[lo:hi]])
     fresh = {}
     for lo, hi in progress_bar(todo, enabled=progress and is_writer() and bool(todo), desc=f"{embedder.name} / {desc}",
                                unit="batch"):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+from PIL import Image
 
 from comalite.distributed import is_writer
 from comalite.eval.cache import cache_folder, cached_embeddings, inputs_fingerprint
@@ -31,7 +32,9 @@ class Embedder(Protocol):
     """Anything that embeds ``EmbedInput``s.
 
     ``name`` labels the model in tables; ``fingerprint`` must change whenever its embeddings could (other
-    weights, pooling, image size...): the evaluation cache is keyed by it, never by the name.
+    weights, pooling, image size...): the evaluation cache is keyed by it, never by the name. An embedder
+    may also have ``prepare(inputs)``: the evaluation calls it with a dataset's inputs still to encode, in
+    the order ``embed`` will get them, so it can read ahead (``EmbeddingModel``).
     """
 
     name: str
@@ -90,30 +93,42 @@ def evaluate_dataset(
 
 
 def _distinct_inputs(dataset: EvalDataset) -> tuple[list[EmbedInput], np.ndarray, list[np.ndarray]]:
-    """Distinct inputs (first-seen order), each query's row in them and each query's candidate rows.
+    """Distinct inputs, each query's row in them and each query's candidate rows.
 
     Queries and candidates share one pool: the embedder sees no role, so an input equal to another
-    yields the same embedding whichever side it is on.
+    yields the same embedding whichever side it is on. The distinct queries come first, then the candidates
+    that are not queries too (query rows stay contiguous in the cache), each part shortest first
+    (``_size``): consecutive rows are batched together, and inputs of similar length waste less padding.
     """
-    rows: dict[tuple[str, str], int] = {}
-    inputs: list[EmbedInput] = []
-
-    def row(item: EmbedInput) -> int:
-        key = item.key()
-        if key not in rows:
-            rows[key] = len(inputs)
-            inputs.append(item)
-        return rows[key]
-
-    query_rows = []
-    candidate_rows = []
     for i, q in enumerate(dataset.queries):
         if not q.candidates:
             raise ValueError(f"{dataset.name}: query {i} has no candidates")
-        query_rows.append(row(q.query))
-    for q in dataset.queries:  # candidates after all queries: keeps query rows contiguous in the cache
-        candidate_rows.append(np.array([row(c) for c in q.candidates], dtype=np.int64))
-    return inputs, np.array(query_rows, dtype=np.int64), candidate_rows
+    queries: dict[tuple[str, str], EmbedInput] = {}
+    for q in dataset.queries:
+        queries.setdefault(q.query.key(), q.query)
+    candidates: dict[tuple[str, str], EmbedInput] = {}
+    for c in (c for q in dataset.queries for c in q.candidates if c.key() not in queries):
+        candidates.setdefault(c.key(), c)
+    inputs = sorted(queries.values(), key=_size) + sorted(candidates.values(), key=_size)
+    rows = {item.key(): i for i, item in enumerate(inputs)}
+    query_rows = np.array([rows[q.query.key()] for q in dataset.queries], dtype=np.int64)
+    candidate_rows = [np.array([rows[c.key()] for c in q.candidates], dtype=np.int64) for q in dataset.queries]
+    return inputs, query_rows, candidate_rows
+
+
+def _size(item: EmbedInput) -> tuple[int, int]:
+    """How long an input's sequence will be, roughly: its image's pixels (read from the file's header), then its
+    text's characters. An image that cannot be read sorts first; encoding it reports the error."""
+    pixels = 0
+    if isinstance(item.image, Image.Image):
+        pixels = item.image.width * item.image.height
+    elif item.image:
+        try:
+            with Image.open(item.image) as image:
+                pixels = image.width * image.height
+        except (OSError, ValueError, Image.DecompressionBombError):
+            pass
+    return pixels, len(item.text)
 
 
 def evaluate(

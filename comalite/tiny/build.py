@@ -46,7 +46,7 @@ from ..sequence import dialogue_examples
 from ..shapesworld import DESCRIBE, qa_dialogue, question_template, render, sample_scene, text_corpus
 from ..shapesworld.asking import answer_set
 from ..shapesworld.language import description_hits
-from .vision import pretrain_vision
+from .vision import pretrain_vision, scale_image_tokens
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ class TinyConfig:
     stage0_turns: int = 5             # questions asked about each (``stage0_dialogues``)
     stage0_trains_vision: bool = False  # False: the pre-trained ViT stays frozen in stage 0 (as in LLaVA),
                                         # so the LLM learns to read it instead of the ViT drifting
+    image_token_norm: float = 0.0     # rescale the pre-trained ViT's tokens to this mean norm before stage 0
+                                      # (text embeddings sit near 1; tiny.vision.scale_image_tokens); 0: as trained
 
     def __post_init__(self):
         if self.stage0 is None:
@@ -277,6 +279,9 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config, vision
         vision = pretrain_vision(model.model.visual, VLProcessor(tokenizer, image_processor), tc.vision,
                                  work / "vision", n_scenes=tc.vision_scenes, n_heldout=tc.vision_heldout,
                                  image_size=tc.image_size, n_objects=tc.vision_objects)
+    if tc.image_token_norm:
+        vision["token_scale"] = scale_image_tokens(model.model.visual, VLProcessor(tokenizer, image_processor),
+                                                   tc.image_size, tc.image_token_norm, seed=tc.seed)
     vision_seconds = time.perf_counter() - clock
     model.save_pretrained(str(init_dir))
     tokenizer.save_pretrained(str(init_dir))
@@ -313,7 +318,7 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config, vision
     backbone.processor.save_pretrained(str(work / "model"))
     report = {
         "vision_token_accuracy": vision["token_accuracy"], "vision_first_loss": vision["first_loss"],
-        "vision_last_loss": vision["last_loss"],
+        "vision_last_loss": vision["last_loss"], "vision_token_scale": vision.get("token_scale", 1.0),
         # whole held-out dialogues, every turn in context (what stage 1 measures through its tokens) ...
         "heldout_answer_accuracy": accuracy["accuracy"], "heldout_answers": accuracy["answers"],
         "heldout_answer_loss": accuracy["loss"],

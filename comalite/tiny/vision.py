@@ -138,6 +138,25 @@ def token_accuracy(visual: nn.Module, head: TokenHead, data: SceneImages, batch_
     return {name: float(hits[c] / counts[c].clamp(min=1)) for c, name in enumerate(LABEL_NAMES)}
 
 
+@torch.no_grad()
+def scale_image_tokens(visual: nn.Module, processor, image_size: int, target_norm: float, *, n_scenes: int = 64,
+                       seed: int = 0) -> float:
+    """Rescale the ViT's output (its merger's last linear layer) so that its tokens' mean norm over ``n_scenes``
+    seeded scenes is ``target_norm``; returns the factor. Pre-training against linear probes leaves the tokens
+    at a norm of ~40-70 (the probes do not care), while the language model's text embeddings sit near 1: in the
+    residual stream an image token then swamps every update the language model's layers add to it, so they
+    cannot compute anything at image positions. The probes' accuracy does not change (a linear read-out of a
+    scaled token is as good)."""
+    rng = np.random.default_rng([seed, 13])
+    pixels, grid, _, _ = _encode(processor, [sample_scene(rng) for _ in range(n_scenes)], image_size)
+    norm = image_tokens(visual, pixels.flatten(0, 1), grid.repeat(n_scenes, 1)).norm(dim=-1).mean()
+    factor = float(target_norm / norm)
+    last = visual.merger.mlp[-1]
+    last.weight.mul_(factor)
+    last.bias.mul_(factor)
+    return factor
+
+
 @contextlib.contextmanager
 def patch_embed_as_matmul(visual: nn.Module):
     """Qwen2-VL embeds each patch with a Conv3d whose kernel is its stride: the same product as one matmul,
