@@ -18,7 +18,8 @@ ShapesWorld data there first (timed separately: ``data_seconds``), and reports:
 - ``heldout_answer_accuracy`` (whole dialogues) and ``heldout_turn_accuracy`` (one QA turn per sequence,
   as stage 0 trains; also by question type) against ``heldout_blind_accuracy`` (from ``tiny_report.json``):
   each question template's most frequent training answer, never below a uniform guess among its answers,
-  never looking at the image. The margin is what the model sees;
+  never looking at the image. The margin is what the model sees; ``heldout_short_accuracy`` / ``_blind``: the
+  same without the free description, which ``heldout_description`` scores per attribute it states;
 - ``torch_threads``, CPU count and peak RSS.
 The numbers go to a JSON file (default ``benchmarks/results/tiny_build.json``) and to stdout.
 """
@@ -113,6 +114,9 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
         "heldout_turn_blind": tiny["heldout_turn_blind"],
         "heldout_by_question_type": tiny["heldout_by_question_type"],
         "heldout_blind_accuracy": tiny["heldout_blind_accuracy"],
+        "heldout_short_accuracy": tiny["heldout_short_accuracy"],
+        "heldout_short_blind": tiny["heldout_short_blind"],
+        "heldout_description": tiny["heldout_description"],
         "accuracy_over_blind": tiny["heldout_answer_accuracy"] - tiny["heldout_blind_accuracy"],
         "heldout_answers": tiny["heldout_answers"],
         "heldout_answer_loss": tiny["heldout_answer_loss"],
@@ -146,6 +150,11 @@ def run_benchmark(home: Path, out_file: str | Path, *, steps: int | None = None,
     print(f"held-out answers       {100 * tiny['heldout_answer_accuracy']:8.1f} %  whole dialogues, "
           f"{100 * tiny['heldout_turn_accuracy']:.1f} % one turn at a time; blind baseline "
           f"{100 * tiny['heldout_blind_accuracy']:.1f} %  ({tiny['heldout_answers']} answers)")
+    described = tiny["heldout_description"]
+    print(f"short answers          {100 * tiny['heldout_short_accuracy']:8.1f} %  (every type but the description); "
+          f"blind {100 * tiny['heldout_short_blind']:.1f} %")
+    print("description said right " + "  ".join(f"{k} {100 * v:.0f}%" for k, v in described.items()
+                                               if k != "descriptions") + f"  ({described['descriptions']} described)")
     for template, row in tiny["heldout_by_question_type"].items():
         print(f"  {template:45s} {row['answers']:4d}  {100 * row['accuracy']:5.1f} %  "
               f"blind {100 * row['blind']:5.1f} %")

@@ -52,7 +52,7 @@ def lm_loss(backbone: Backbone, batch: dict, *, compression_mask: bool = True,
 
 @torch.no_grad()
 def answer_accuracy(backbone: Backbone, examples: list[Example], *, compression_mask: bool = True,
-                    separate_turns: bool = False, batch_size: int = 32) -> dict:
+                    batch_size: int = 32) -> dict:
     """Fraction of answers reproduced exactly under teacher forcing (= greedy decoding), and the loss."""
     was_training = backbone.training
     backbone.eval()
@@ -61,7 +61,7 @@ def answer_accuracy(backbone: Backbone, examples: list[Example], *, compression_
     losses = []
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size], pad_id)
-        hidden = _forward(backbone, batch, compression_mask, separate_turns)
+        hidden = _forward(backbone, batch, compression_mask)
         is_answer = (batch["roles"] == ANSWER)[:, 1:].to(hidden.device)
         truth = batch["input_ids"][:, 1:].to(hidden.device)
         logits = backbone.lm_head(hidden[:, :-1][is_answer]).float()

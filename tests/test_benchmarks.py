@@ -48,6 +48,9 @@ def test_bench_tiny_build(bench, tmp_path, data_root):
     n_turns = sum(row["answers"] for row in by_type.values())
     assert saved["heldout_turn_accuracy"] == pytest.approx(
         sum(row["accuracy"] * row["answers"] for row in by_type.values()) / n_turns)
+    short = {k: row for k, row in by_type.items() if k != "Describe the image in detail."}
+    assert saved["heldout_short_accuracy"] == pytest.approx(
+        sum(row["accuracy"] * row["answers"] for row in short.values()) / sum(row["answers"] for row in short.values()))
     assert saved["torch_threads"] >= 1
     assert (tmp_path / "home" / "tiny-vlm-smoke" / "tiny_report.json").is_file()  # --home is kept
     assert not (tmp_path / "home" / "shapesworld-smoke").exists()  # the session's data was reused
