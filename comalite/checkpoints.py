@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import CheckpointError, ChecksumError
 from .fingerprint import files_fingerprint, sha256_file, verify_sha256
-from .paths import data_dir, repo_dir
+from .paths import data_dir, repo_dir, shipped_dir
 
 CHECKSUMS = "CHECKSUMS"
 
@@ -32,6 +32,9 @@ def resolve_checkpoint(backbone: str) -> Path | str:
     hub id."""
     if backbone in NAMED_CHECKPOINTS:
         folder = named_checkpoint_dir(backbone)
+        packaged = shipped_dir() / folder.name if shipped_dir() else None
+        if not (folder / "config.json").exists() and packaged and (packaged / "config.json").exists():
+            folder = packaged  # an installed copy reads the checkpoint its wheel carries, in place
         if not (folder / "config.json").exists():
             raise CheckpointError(f"the {backbone} checkpoint is not in {folder}: build it with "
                                   f"`comalite build-tiny{' --smoke' if backbone == 'tiny-smoke' else ''}`")

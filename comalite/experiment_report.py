@@ -8,7 +8,7 @@ from pathlib import Path
 from .errors import ComaliteError
 from .experiment_design import GROUPS
 from .experiment_stats import difference_cell
-from .paths import repo_dir
+from .paths import shipped
 
 REPORT_FILE = "results.json"
 """The report's data (meta, summary, every run), next to ``results.md`` and ``budget_curve.png``."""
@@ -54,10 +54,10 @@ def format_report(summary: list[dict], meta: dict) -> str:
 
 
 def committed_report() -> Path | None:
-    """The report committed with this checkout (``docs/experiments/does_compression_help``), or None when
-    comalite runs from an installed copy."""
-    repo = repo_dir()
-    return repo / "docs" / "experiments" / "does_compression_help" if repo else None
+    """The report committed with the repository (``docs/experiments/does_compression_help``): the checkout's,
+    else the copy an installed comalite carries (``comalite.paths.SHIPPED``); None when it carries none."""
+    report = shipped(f"experiments/does_compression_help/{REPORT_FILE}")
+    return report.parent if report is not None else None
 
 
 def load_report(folder: str | Path | None) -> dict:

@@ -50,10 +50,17 @@ class TrainPair:
 
 @dataclass(frozen=True)
 class EvalQuery:
-    """A query and its own candidate list; the ground truth is ``candidates[0]`` (MMEB convention)."""
+    """A query and its own candidate list; the ground truth is ``candidates[0]`` (MMEB convention).
+
+    ``n_hard``: how many candidates right after the truth (``candidates[1 : 1 + n_hard]``) are near-copies of
+    it: the same scene with one detail changed (a perturbed scene, its description, another object's crop of
+    the same image). 0 when the file does not say (real MMEB data): the negatives are then just "others".
+    With near-copies, the evaluation also scores 'finds the scene' and 'reads the detail' apart
+    (``comalite.eval.metric.structure_credit``)."""
 
     query: EmbedInput
     candidates: tuple[EmbedInput, ...]
+    n_hard: int = 0
 
 
 @dataclass

@@ -252,12 +252,18 @@ def test_format_table_layout():
     lines = format_table(results).splitlines()
     assert "3 toy datasets" in lines[2] and "up to 3, seed 7" in lines[2]
     header = lines.index(next(line for line in lines if line.startswith("| dataset")))
-    body = [line.split("|")[1].strip() for line in lines[header + 2:]]
+    end = lines.index("", header)
+    body = [line.split("|")[1].strip() for line in lines[header + 2:end]]
     assert body == ["Hand", "Cls", "V", "**Classification** (mean of 2)", "**VQA** (mean of 1)",
                     "**IND** (mean of 1)", "**OOD** (mean of 2)", "**Overall** (mean of 3)"]
     hand = [c.strip() for c in lines[header + 2].split("|")[1:-1]]
-    assert hand == ["Hand", "Classification", "IND", "3", "2/2/3", "44.4", "50.0"]
-    assert lines[-1].split("|")[-2].strip() == "83.3"
+    assert hand == ["Hand", "Classification", "IND", "3", "2/2/3", "44.4", "50.0*"]  # 3 queries: within noise
+    assert lines[end - 1].split("|")[-2].strip() == "83.3"
+    # Then the floors, one row per dataset and aggregate; no near-copies here, so no third table.
+    floors = lines.index("## Floors (%)")
+    rows = [line for line in lines[floors:] if line.startswith("| ") and not line.startswith("| dataset")]
+    assert [r.split("|")[1].strip() for r in rows] == body
+    assert "Near-copies" not in "\n".join(lines)
 
 
 @AT_CHANCE

@@ -25,6 +25,7 @@ from comalite.shapesworld import (
     sample_scene,
     text_corpus,
 )
+from comalite.shapesworld.build import FORMAT
 from comalite.shapesworld.language import scene_questions
 
 SMALL = dict(seed=0, n_stage1_images=16, n_train_per_subset=8, n_eval_queries=8, n_candidates=5, image_size=56)
@@ -187,6 +188,17 @@ def test_same_seed_same_bytes_and_idempotent(world, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no build leftovers
 
 
+def test_a_folder_of_an_older_format_is_rebuilt_not_misread(world, tmp_path):
+    # Same parameters, but written before eval rows said which candidates are near-copies (format 1).
+    out, manifest = world
+    folder = tmp_path / "old"
+    build_shapesworld(folder, **SMALL)
+    old = {**manifest, "format": 1}
+    (folder / "manifest.json").write_text(json.dumps(old))
+    assert build_shapesworld(folder, **SMALL) == manifest
+    assert json.loads((folder / "manifest.json").read_text())["format"] == FORMAT == 2
+
+
 def test_build_refuses_foreign_folder_and_bad_params(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
@@ -270,8 +282,11 @@ def test_eval_sets_read_back_with_truth_first(world):
     for info in SHAPESWORLD_DATASETS:
         ds = read_eval_dataset(out / "eval", info.name, image_root=out / "images")
         assert len(ds.queries) == SMALL["n_eval_queries"], info.name
+        if info.meta_task in ("classification", "vqa"):
+            assert {q.n_hard for q in ds.queries} == {0}, info.name  # no near-copies: label or answer sets
         for q in ds.queries:
             truth, others = q.candidates[0], q.candidates[1:]
+            hard, rest = others[: q.n_hard], others[q.n_hard:]
             assert truth not in others
             assert (q.query.image is not None) == info.query.startswith("image")
             assert (truth.image is not None) == (info.target == "image")
@@ -296,8 +311,20 @@ def test_eval_sets_read_back_with_truth_first(world):
                 assert describe(index[truth.image]["scene"]) == caption
                 assert all(describe(index[c.image]["scene"]) != caption for c in others)
                 assert len(q.candidates) == SMALL["n_candidates"]
+                # The near-copies come right after the truth: its scene with one change, drawn for this query
+                # only; the rest are other queries' scenes.
+                assert q.n_hard == (SMALL["n_candidates"] - 1) // 2
+                truth_scene = index[truth.image]["scene"]
+                for c in hard:
+                    near = index[c.image]["scene"]
+                    assert "_neg" in c.image and near.background == truth_scene.background
+                    assert len(near.objects) == len(truth_scene.objects)
+                assert not any("_neg" in c.image for c in rest)
             elif info.name == "SW-I2T":
                 assert truth.text == describe(scene) and describe(scene) not in [c.text for c in others]
+                assert q.n_hard == (SMALL["n_candidates"] - 1) // 2
+                truths = {describe(index[other.query.image]["scene"]) for other in ds.queries}
+                assert not any(c.text in truths for c in hard) and all(c.text in truths for c in rest)
             else:  # grounding: the truth is the crop of the named object, from the query's own image
                 crop = index[truth.image]
                 assert crop["scene"] == scene and crop["object"] is not None
@@ -308,6 +335,10 @@ def test_eval_sets_read_back_with_truth_first(world):
                     o = e["scene"].objects[e["object"]]
                     assert e["scene"] != scene or e["object"] != crop["object"]
                     assert (o.color, o.shape, o.size) != (target.color, target.shape, target.size)
+                # Near-copies: the crops of the image's other objects (same scene, same background), first.
+                assert q.n_hard == min(len(scene.objects) - 1, SMALL["n_candidates"] - 1) >= 1
+                assert all(index[c.image]["scene"] == scene for c in hard)
+                assert all(index[c.image]["scene"] != scene for c in rest)
 
 
 def test_train_subsets_read_back(world):

@@ -9,7 +9,9 @@ Layouts (as on the Hugging Face hub; images live in a separate folder, paths in 
     MMEB-train/<Subset>/original-00000-of-00001.parquet   qry, qry_image_path, pos_text, pos_image_path,
                                                           [neg_text, neg_image_path]
     MMEB-eval/<Dataset>/test-00000-of-00001.parquet       qry_text, qry_img_path, tgt_text: list,
-                                                          tgt_img_path: list (candidate 0 is the truth)
+                                                          tgt_img_path: list (candidate 0 is the truth),
+                                                          [n_hard: int, candidates 1..n_hard are
+                                                          near-copies of the truth; ShapesWorld writes it]
 
 An empty image path means "no image". Records hold absolute image paths.
 """
@@ -38,6 +40,8 @@ from comalite.records import (
 
 TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path")
 EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
+OPTIONAL_EVAL_COLUMNS = ("n_hard",)
+"""``n_hard`` (``EvalQuery.n_hard``): absent or null in MMEB's files and reads as 0."""
 OPTIONAL_TRAIN_COLUMNS = ("neg_text", "neg_image_path")
 
 log = logging.getLogger(__name__)
@@ -129,6 +133,17 @@ def _text_list(row: dict, field: str, file, i) -> list[str]:
     if not all(v is None or isinstance(v, str) for v in value):
         raise _error(file, i, field, "expected a list of strings", "Store the candidates as text.")
     return ["" if v is None else v for v in value]
+
+
+def _n_hard(row: dict, n_candidates: int, file, i) -> int:
+    """The optional ``n_hard`` column: how many candidates after the truth are near-copies of it (0 if absent)."""
+    value = row.get("n_hard")
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < n_candidates:
+        raise _error(file, i, "n_hard", f"expected an integer from 0 to {n_candidates - 1} (the candidates after "
+                     f"the truth), got {value!r}", "Fix or drop the column (it is optional).")
+    return int(value)
 
 
 def _columns_hint(field: str) -> str:
@@ -234,9 +249,10 @@ def read_eval_dataset(root, name: str, *, image_root=None, split: str = "test", 
     """Read ``<root>/<name>/<split>*.parquet`` (or ``.jsonl``), an MMEB-eval-schema dataset.
 
     Image paths are relative to ``image_root`` (default ``root``). With ``limit`` below the number of rows,
-    only the rows ``sample_rows(n, limit, seed)`` are read, in file order. Raises DataFormatError on a
-    missing dataset folder (listing the ones present), a missing column, a candidate list that is empty or
-    whose ``tgt_text``/``tgt_img_path`` lengths differ, or a missing image.
+    only the rows ``sample_rows(n, limit, seed)`` are read, in file order. The optional ``n_hard`` column
+    becomes ``EvalQuery.n_hard`` (0 when absent). Raises DataFormatError on a missing dataset folder (listing
+    the ones present), a missing column, a candidate list that is empty or whose ``tgt_text``/``tgt_img_path``
+    lengths differ, an ``n_hard`` outside 0..candidates-1, or a missing image.
     """
     root = Path(root)
     folder = root / name
@@ -280,7 +296,8 @@ def read_eval_dataset(root, name: str, *, image_root=None, split: str = "test", 
                           ("hold the same candidate twice among the others", len(set(keys[1:])) < len(keys) - 1)):
             if hit:
                 odd[(file, what)] = odd.get((file, what), 0) + 1
-        queries.append(EvalQuery(query=query, candidates=tuple(candidates)))
+        queries.append(EvalQuery(query=query, candidates=tuple(candidates),
+                                 n_hard=_n_hard(row, len(candidates), file, i)))
     for (file, what), n in odd.items():
         log.warning("%s: %d of %d rows read %s; check the candidate lists", file, n, len(queries), what)
     return EvalDataset(name=name, queries=queries, source=folder)

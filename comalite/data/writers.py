@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from comalite.atomic import atomic_write
-from comalite.data.io import OPTIONAL_TRAIN_COLUMNS, EVAL_COLUMNS, TRAIN_COLUMNS
+from comalite.data.io import EVAL_COLUMNS, OPTIONAL_EVAL_COLUMNS, OPTIONAL_TRAIN_COLUMNS, TRAIN_COLUMNS
 from comalite.records import Dialogue
 
 
@@ -38,14 +38,16 @@ def write_train_subset(rows: list[dict], path) -> None:
 
 
 def write_eval_dataset(rows: list[dict], path) -> None:
-    """Write MMEB-eval-schema rows (dicts keyed by ``EVAL_COLUMNS``; candidate 0 = truth) to parquet.
+    """Write MMEB-eval-schema rows (dicts keyed by ``EVAL_COLUMNS``, optionally ``n_hard``; candidate 0 = truth)
+    to parquet. The ``n_hard`` column is written only when some row has it (null in the rows without).
 
     Contents are not checked, so test fixtures can write malformed rows for the reader to reject.
     """
-    data = _columns(rows, EVAL_COLUMNS, (), None)
+    columns = EVAL_COLUMNS + tuple(c for c in OPTIONAL_EVAL_COLUMNS if any(c in row for row in rows))
+    data = _columns(rows, columns, OPTIONAL_EVAL_COLUMNS, None)
     types = {"qry_text": pa.string(), "qry_img_path": pa.string(),
-             "tgt_text": pa.list_(pa.string()), "tgt_img_path": pa.list_(pa.string())}
-    table = pa.table({c: pa.array(data[c], types[c]) for c in EVAL_COLUMNS})
+             "tgt_text": pa.list_(pa.string()), "tgt_img_path": pa.list_(pa.string()), "n_hard": pa.int64()}
+    table = pa.table({c: pa.array(data[c], types[c]) for c in columns})
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 

@@ -20,7 +20,8 @@ from PIL import Image
 
 from comalite.distributed import is_writer
 from comalite.eval.cache import cache_folder, cached_embeddings, inputs_fingerprint
-from comalite.eval.metric import aggregate, at_chance, chance_level, score_queries
+from comalite.eval.metric import (aggregate, at_chance, candidate_scores, chance_level, floor_level,
+                                  query_blind_scores, score_queries, structure_summary, top_credit)
 from comalite.eval.report import save_results
 from comalite.records import META_TASKS, DatasetInfo, EmbedInput, EvalDataset
 
@@ -60,7 +61,12 @@ def evaluate_dataset(
 
     Returns a dict with ``dataset``, ``model``, ``precision_at_1``, ``chance`` (mean over queries of
     1 / number of candidates), ``chance_std`` (the standard deviation of a uniform guesser's score),
-    ``n_queries``, ``candidates`` (min/mean/max per query), ``n_distinct_queries``,
+    ``query_blind`` (the Precision@1 of this model's candidate embeddings against one query embedding shared
+    by every query, ``metric.query_blind_scores``), ``floor`` and ``floor_std`` (the higher of chance and
+    query_blind, ``metric.floor_level``: what ``at_chance`` compares with), the near-copy split of
+    ``metric.structure_summary`` (``n_structured``, ``near_copies``, ``finds_scene``, ``reads_detail``,
+    ``finds_scene_chance``, ``gist_only``: None without near-copies) with the query-blind embedder's
+    ``finds_scene_blind`` and ``reads_detail_blind``, ``n_queries``, ``candidates`` (min/mean/max per query), ``n_distinct_queries``,
     ``n_distinct_candidates``, ``n_encoded`` (distinct inputs encoded by this call; the rest came from
     the cache), ``seconds`` and ``ranks``: the ground truth's 1-based rank per query, placed after every
     candidate it ties with (so rank 1 means a strict win).
@@ -76,12 +82,24 @@ def evaluate_dataset(
     credit, ranks = score_queries(embeddings, query_rows, candidate_rows)
     counts = np.array([len(rows) for rows in candidate_rows])
     chance, chance_std = chance_level(counts)
+    n_hard = [q.n_hard for q in dataset.queries]
+    blind = query_blind_scores(embeddings, query_rows, candidate_rows)
+    query_blind = float(np.mean([top_credit(s) for s in blind]))
+    floor, floor_std = floor_level(chance, chance_std, query_blind, len(query_rows))
+    structure = structure_summary(candidate_scores(embeddings, query_rows, candidate_rows), n_hard)
+    blind_structure = structure_summary(blind, n_hard)
     return {
         "dataset": dataset.name,
         "model": embedder.name,
         "precision_at_1": float(credit.mean()),
         "chance": chance,
         "chance_std": chance_std,
+        "query_blind": query_blind,
+        "floor": floor,
+        "floor_std": floor_std,
+        **structure,
+        "finds_scene_blind": blind_structure["finds_scene"],
+        "reads_detail_blind": blind_structure["reads_detail"],
         "n_queries": len(query_rows),
         "candidates": {"min": int(counts.min()), "mean": float(counts.mean()), "max": int(counts.max())},
         "n_distinct_queries": len(set(query_rows.tolist())),
@@ -148,10 +166,14 @@ def evaluate(
     ``comalite.data.io.read_eval_dataset(..., limit=, seed=)``), so that the report says so.
 
     Returns ``{"models", "fingerprints", "datasets", "sampling", "scores", "aggregates",
-    "chance_aggregates", "details"}``: ``datasets`` lists per dataset its info and sizes,
+    "chance_aggregates", "floors", "floor_aggregates", "details"}``: ``datasets`` lists per dataset its info,
+    sizes, chance and ``near_copies`` (None, or for datasets whose candidates hold near-copies of the truth:
+    ``queries`` with them, ``mean`` near-copies per such query, ``finds_scene_chance`` and ``gist_only``),
     ``scores[model][dataset]`` is Precision@1, ``aggregates[model]`` has one entry per meta-task present plus
-    ``IND``/``OOD`` (when present) and ``overall``, all unweighted means over datasets;
-    ``details[model][dataset]`` is ``evaluate_dataset``'s dict.
+    ``IND``/``OOD`` (when present) and ``overall``, all unweighted means over datasets; ``floors[model][dataset]``
+    is the dataset's honest floor for that model (the higher of chance and its query-blind score) and
+    ``floor_aggregates[model]`` their means like ``aggregates``; ``details[model][dataset]`` is
+    ``evaluate_dataset``'s dict.
     """
     models = [embedders] if isinstance(embedders, Embedder) else list(embedders)
     names = [m.name for m in models]
@@ -179,10 +201,12 @@ def evaluate(
             "n_queries": first[info.name]["n_queries"],
             "candidates": first[info.name]["candidates"],
             "chance": first[info.name]["chance"],
+            "near_copies": _near_copies(first[info.name]),
         }
         for info, _ in datasets
     ]
     scores = {m: {d: r["precision_at_1"] for d, r in per.items()} for m, per in details.items()}
+    floors = {m: {d: r["floor"] for d, r in per.items()} for m, per in details.items()}
     chance = {row["name"]: row["chance"] for row in table}
     results = {
         "models": names,
@@ -192,11 +216,21 @@ def evaluate(
         "scores": scores,
         "aggregates": {m: aggregate(scores[m], [info for info, _ in datasets]) for m in names},
         "chance_aggregates": aggregate(chance, [info for info, _ in datasets]),
+        "floors": floors,
+        "floor_aggregates": {m: aggregate(floors[m], [info for info, _ in datasets]) for m in names},
         "details": details,
     }
     if out_dir is not None and is_writer():
         save_results(results, out_dir)
     return results
+
+
+def _near_copies(result: dict) -> dict | None:
+    """The model-free part of a dataset's near-copy structure (for its table row), None without near-copies."""
+    if not result["n_structured"]:
+        return None
+    return {"queries": result["n_structured"], "mean": result["near_copies"],
+            "finds_scene_chance": result["finds_scene_chance"], "gist_only": result["gist_only"]}
 
 
 def _check_pairs(datasets: Sequence[tuple[DatasetInfo, EvalDataset]]) -> None:
@@ -215,11 +249,14 @@ def _check_pairs(datasets: Sequence[tuple[DatasetInfo, EvalDataset]]) -> None:
 
 
 def _warn_if_at_chance(model: str, results: Sequence[dict]) -> None:
-    """Warn (and log) when a model is at chance on every dataset: almost always an input-format bug."""
+    """Warn (and log) when a model is at its floor on every dataset (``at_chance``: the higher of chance and
+    what its candidate embeddings score against a query-blind query): almost always an input-format bug."""
     if all(at_chance(r) for r in results):
         n = sum(r["n_queries"] for r in results)
         message = (
-            f"{model} scores within noise of chance on every dataset ({len(results)} datasets, {n} queries). "
+            f"{model} scores within noise of chance (or of its query-blind floor, where higher: what its "
+            f"candidate embeddings score against one query embedding shared by all queries) on every dataset ({len(results)} "
+            f"datasets, {n} queries). "
             "That usually means an input-format problem (the <|image_1|> placeholder not becoming the image, "
             "an instruction or whitespace mismatch, collapsed embeddings), not a bad model; on very few "
             "queries it can also mean the sample is too small to tell."

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from comalite.atomic import atomic_write_text
 from comalite.errors import RunConflictError
+from comalite.eval.metric import at_chance
 from comalite.eval.registry import MMEB_V1_NAMES
 from comalite.records import META_TASKS
 
@@ -76,7 +77,11 @@ def merged_with_saved(results: dict, out_dir: str | Path, *, overwrite: bool = F
     if saved is None:
         return results
     rows = lambda r: {row["name"]: json.loads(json.dumps(row)) for row in r["datasets"]}  # noqa: E731
-    lines = _differences(rows(saved), rows(results), saved["sampling"], results["sampling"])
+    old, new = rows(saved), rows(results)
+    for name in set(old) & set(new):  # a field one side lacks (saved before it existed) is not a difference
+        common = old[name].keys() & new[name].keys()
+        old[name], new[name] = ({k: row[k] for k in common} for row in (old[name], new[name]))
+    lines = _differences(old, new, saved["sampling"], results["sampling"])
     if lines:
         raise _conflict(Path(out_dir) / RESULTS_FILE, lines)
     new = results["models"]
@@ -84,7 +89,7 @@ def merged_with_saved(results: dict, out_dir: str | Path, *, overwrite: bool = F
     pick = lambda m: results if m in new else saved  # noqa: E731
     merged = {"models": models, "datasets": results["datasets"], "sampling": results["sampling"],
               "chance_aggregates": results["chance_aggregates"]}
-    for key in ("fingerprints", "scores", "aggregates", "details"):
+    for key in ("fingerprints", "scores", "aggregates", "floors", "floor_aggregates", "details"):
         merged[key] = {m: pick(m)[key][m] for m in models if m in pick(m).get(key, {})}
     return {**results, **merged}
 
@@ -123,9 +128,20 @@ def _describe_datasets(rows: list[dict]) -> str:
     return "Datasets: " + "; ".join(parts) + "."
 
 
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+LABELS = {"classification": "Classification", "vqa": "VQA", "retrieval": "Retrieval", "grounding": "Grounding",
+          "overall": "Overall"}
+
+
 def format_table(results: dict) -> str:
     """``results`` (from ``evaluate``) as a markdown report: one row per dataset, grouped by meta-task,
-    then the aggregate rows; columns: meta-task, split, queries, candidates, chance, then one per model."""
+    then the aggregate rows; columns: meta-task, split, queries, candidates, chance, then one per model (a
+    ``*`` marks a score within noise of that model's floor, ``metric.at_chance``). Then, for the models
+    evaluated with floors (results saved before them have none), each one's floor per dataset, and for the
+    datasets whose candidates hold near-copies of the truth, 'finds the scene' and 'reads the detail'."""
     models = results["models"]
     rows = results["datasets"]
     sampling = results["sampling"]
@@ -133,37 +149,101 @@ def format_table(results: dict) -> str:
         sampled = f"Queries sampled per dataset: up to {sampling['limit']}, seed {sampling['seed']}."
     else:
         sampled = "All queries of each dataset (no sampling)."
+    details = results.get("details", {})
+    floored = [m for m in models if m in results.get("floor_aggregates", {})]
     lines = [
         "# Evaluation results: Precision@1 (%)",
         "",
         _describe_datasets(rows) + " " + sampled,
         "Aggregates are unweighted means over datasets. A tie for the top score earns 1/(tied candidates).",
+    ]
+    if floored:
+        lines.append("A score marked * is within noise of that model's floor (next table): no better than the "
+                     "model would do ignoring the query.")
+    lines += [
         "",
         "| dataset | meta-task | split | queries | candidates (min/mean/max) | chance | " + " | ".join(models) + " |",
         "|---|---|---|---:|---|---:|" + "---:|" * len(models),
     ]
-    labels = {"classification": "Classification", "vqa": "VQA", "retrieval": "Retrieval",
-              "grounding": "Grounding", "overall": "Overall"}
 
-    def pct(x: float) -> str:
-        return f"{100 * x:.1f}"
+    def score(m: str, name: str) -> str:
+        result = details.get(m, {}).get(name)
+        mark = "*" if m in floored and result and "floor" in result and at_chance(result) else ""
+        return _pct(results["scores"][m][name]) + mark
 
     for task in META_TASKS:
         for row in (r for r in rows if r["meta_task"] == task):
             c = row["candidates"]
-            cells = [pct(results["scores"][m][row["name"]]) for m in models]
             lines.append(
-                f"| {row['name']} | {labels[task]} | {row['split']} | {row['n_queries']} | "
-                f"{c['min']}/{c['mean']:.0f}/{c['max']} | {pct(row['chance'])} | " + " | ".join(cells) + " |"
+                f"| {row['name']} | {LABELS[task]} | {row['split']} | {row['n_queries']} | "
+                f"{c['min']}/{c['mean']:.0f}/{c['max']} | {_pct(row['chance'])} | "
+                + " | ".join(score(m, row["name"]) for m in models) + " |"
             )
     counts = {g: 0 for g in results["chance_aggregates"]}
     for row in rows:
         for group in (row["meta_task"], row["split"], "overall"):
             counts[group] += 1
     for group, chance in results["chance_aggregates"].items():
-        cells = [pct(results["aggregates"][m][group]) for m in models]
+        cells = [_pct(results["aggregates"][m][group]) for m in models]
         lines.append(
-            f"| **{labels.get(group, group)}** (mean of {counts[group]}) | | | | | {pct(chance)} | "
+            f"| **{LABELS.get(group, group)}** (mean of {counts[group]}) | | | | | {_pct(chance)} | "
             + " | ".join(cells) + " |"
         )
+    if floored:
+        lines += _floor_table(results, floored, counts)
+    if any(row.get("near_copies") for row in rows) and floored:
+        lines += _near_copy_table(results, floored)
     return "\n".join(lines) + "\n"
+
+
+def _section(title: str, text: str, columns: list[str]) -> list[str]:
+    """A titled markdown table's opening lines: the title, its explanation, the header (first column left-aligned)."""
+    return ["", f"## {title}", "", text, "", "| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+
+
+def _floor_table(results: dict, models: list[str], counts: dict[str, int]) -> list[str]:
+    """Each model's floor per dataset: the higher of chance and its query-blind score (shown in parentheses
+    when it is below chance), then the floors' aggregates."""
+    lines = _section("Floors (%)",
+                     "What each model would score if it ignored the query: its own candidate embeddings scored against "
+                     "one query embedding shared by all queries (the mean of the dataset's query embeddings). The floor "
+                     "is the higher of that and chance (1/candidates); the query-blind score is in parentheses when "
+                     "lower.", ["dataset", "chance", *models])
+
+    def cell(m: str, name: str) -> str:
+        r = results["details"].get(m, {}).get(name, {})
+        if "floor" not in r:
+            return "–"
+        return _pct(r["floor"]) + (f" ({_pct(r['query_blind'])})" if r["query_blind"] < r["floor"] else "")
+
+    for task in META_TASKS:
+        for row in (r for r in results["datasets"] if r["meta_task"] == task):
+            lines.append(f"| {row['name']} | {_pct(row['chance'])} | "
+                         + " | ".join(cell(m, row["name"]) for m in models) + " |")
+    for group, chance in results["chance_aggregates"].items():
+        cells = [_pct(results["floor_aggregates"][m].get(group)) for m in models]
+        lines.append(f"| **{LABELS.get(group, group)}** (mean of {counts[group]}) | {_pct(chance)} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def _near_copy_table(results: dict, models: list[str]) -> list[str]:
+    """For the datasets whose candidates hold k near-copies of the truth: 'finds the scene' / 'reads the
+    detail' per model, next to what a uniform guess scores on each."""
+    lines = _section("Near-copies: finds the scene / reads the detail (%)",
+                     "Datasets whose candidates hold k near-copies of the truth (the same scene, one detail changed). "
+                     "Finds the scene: the top candidate is the truth or one of its near-copies (a uniform guess: "
+                     "(1+k)/n). Reads the detail: the truth beats its near-copies, the other candidates left out (a "
+                     "uniform guess, or a model that gets the gist but not the detail: 1/(1+k), 'gist only').",
+                     ["dataset", "near-copies (k)", "finds scene: chance", "reads detail: gist only", *models])
+    for task in META_TASKS:
+        for row in (r for r in results["datasets"] if r["meta_task"] == task and r.get("near_copies")):
+            near = row["near_copies"]
+            cells = []
+            for m in models:
+                r = results["details"].get(m, {}).get(row["name"], {})
+                cells.append(f"{_pct(r['finds_scene'])} / {_pct(r['reads_detail'])}" if r.get("finds_scene")
+                             is not None else "–")
+            lines.append(f"| {row['name']} | {near['mean']:.1f} | {_pct(near['finds_scene_chance'])} | "
+                         f"{_pct(near['gist_only'])} | " + " | ".join(cells) + " |")
+    return lines

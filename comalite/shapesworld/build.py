@@ -51,12 +51,14 @@ TRAIN_SUBSETS = tuple(d.name for d in SHAPESWORLD_DATASETS if d.split == "IND")
 
 @dataclass
 class _Example:
-    """One query, its positive and its negatives (hardest first) as (text, image path) pairs."""
+    """One query, its positive and its negatives (hardest first) as (text, image path) pairs; the first
+    ``n_hard`` negatives are near-copies of the positive (the same scene, one detail changed)."""
 
     query: tuple[str, str]
     positive: tuple[str, str]
     negatives: list[tuple[str, str]]
     full_label_set: bool = False  # classification: every label is a candidate, as in MMEB
+    n_hard: int = 0
 
 
 class _Writer:
@@ -172,16 +174,17 @@ def _retrieval_examples(w: _Writer, rng, task, pool, part, n, style, heldout, n_
         if task == "t2i":
             negs = [(IMAGE_TARGET, w.save(h, f"{pool}/{i:05d}_neg{m}.png", part)) for m, h in enumerate(hard)]
             negs += [(IMAGE_TARGET, images[j]) for j in easy]
-            examples.append(_Example((T2I + texts[i], ""), (IMAGE_TARGET, images[i]), negs))
+            examples.append(_Example((T2I + texts[i], ""), (IMAGE_TARGET, images[i]), negs, n_hard=n_hard))
         else:
             negs = [(describe(h), "") for h in hard] + [(texts[j], "") for j in easy]
-            examples.append(_Example((I2T, images[i]), (texts[i], ""), negs))
+            examples.append(_Example((I2T, images[i]), (texts[i], ""), negs, n_hard=n_hard))
     return examples
 
 
 def _ground_examples(w: _Writer, rng, pool, part, n, style, heldout, n_candidates) -> list[_Example]:
     """Image + referring expression -> the crop of that object. Negatives: crops of the image's other
-    objects, then (eval only) crops of other images' objects that do not look like the target."""
+    objects (near-copies: the same scene and background, another object), then (eval only) crops of other
+    images' objects that do not look like the target."""
     picks = []
     while len(picks) < n:
         scene, k = _scene_for(w, rng, style, heldout, n_objects=int(rng.integers(2, MAX_OBJECTS + 1)))
@@ -211,7 +214,7 @@ def _ground_examples(w: _Writer, rng, pool, part, n, style, heldout, n_candidate
                 if j != i and (o.color, o.shape, o.size) != (target.color, target.shape, target.size):
                     negs.append(crop(int(j), m))
         query = (f'{GROUND} "{refer(scene, target)}"', images[i])
-        examples.append(_Example(query, crop(i, k), negs))
+        examples.append(_Example(query, crop(i, k), negs, n_hard=min(len(same), len(negs))))
     return examples
 
 
@@ -236,10 +239,19 @@ def _train_row(e: _Example) -> dict:
 
 
 def _eval_row(e: _Example, rng, n_candidates: int) -> dict:
+    """The MMEB-eval row: the truth, then the near-copies, then the other negatives, each group shuffled;
+    ``n_hard`` says how many near-copies follow the truth."""
     negs = e.negatives if e.full_label_set else e.negatives[: n_candidates - 1]
-    candidates = [e.positive] + [negs[int(j)] for j in rng.permutation(len(negs))]
+    n_hard = min(e.n_hard, len(negs))
+    order = [int(j) for j in rng.permutation(len(negs))]
+    candidates = [e.positive] + [negs[j] for j in order if j < n_hard] + [negs[j] for j in order if j >= n_hard]
     return {"qry_text": e.query[0], "qry_img_path": e.query[1],
-            "tgt_text": [t for t, _ in candidates], "tgt_img_path": [p for _, p in candidates]}
+            "tgt_text": [t for t, _ in candidates], "tgt_img_path": [p for _, p in candidates], "n_hard": n_hard}
+
+
+FORMAT = 2
+"""The layout of a built folder. 2: eval rows say how many near-copies follow the truth (``n_hard``). A folder
+of another format is rebuilt (same seed, same scenes), never read as if it had the new fields."""
 
 
 def _rng(seed: int, part: str) -> np.random.Generator:
@@ -259,11 +271,13 @@ def build_shapesworld(out_dir, *, seed: int = 0, n_stage1_images: int = 2000, n_
         stage1/dialogues.jsonl           one image and 3-5 QA turns per line (half open with a description;
                                          language 2: close with it)
         train/<Subset>/original.parquet  MMEB-train schema, the IND tasks, one hard negative per row
-        eval/<Dataset>/test.parquet      MMEB-eval schema, candidate 0 is the truth
+        eval/<Dataset>/test.parquet      MMEB-eval schema, candidate 0 is the truth, then ``n_hard``
+                                         near-copies of it (retrieval: perturbed scenes; grounding: the
+                                         image's other objects), then other scenes'
         manifest.json                    parameters, counts, file sizes, datasets
 
     Deterministic in ``seed``. The whole folder is built aside and renamed into place; if ``manifest.json``
-    already holds the same parameters, nothing is rebuilt. ``language`` (``DataConfig.language``): 1 = the
+    already holds the same parameters and ``FORMAT``, nothing is rebuilt. ``language`` (``DataConfig.language``): 1 = the
     questions the shipped tiny VLM was built on; 2 = balanced answers and leak-free stage-1 dialogues (the
     description, if any, is the last turn). It is in the manifest's parameters unless 1 (so a folder built
     before it existed still counts as language 1), so switching it rebuilds the folder.
@@ -285,7 +299,7 @@ def build_shapesworld(out_dir, *, seed: int = 0, n_stage1_images: int = 2000, n_
     manifest_path = out_dir / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("params") == params:
+        if manifest.get("params") == params and manifest.get("format") == FORMAT:
             return manifest
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists, is not empty and holds no ShapesWorld manifest: not replacing it")
@@ -317,7 +331,7 @@ def _build(root: Path, params: dict) -> dict:
     files = sorted(p for p in root.rglob("*") if p.is_file() and images_dir not in p.parents)
     counts["images"] = {part: sum(e["part"] == part for e in w.index) for part in ("stage1", "train", "eval")}
     manifest = {
-        "format": 1,
+        "format": FORMAT,
         "params": params,
         "heldout_combos": [list(c) for c in HELDOUT_COMBOS],
         "heldout_style": "outline",

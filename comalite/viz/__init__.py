@@ -19,7 +19,12 @@ What is where (import everything from ``comalite.viz`` itself):
 - ``gallery``: :func:`plot_query_candidates`, :func:`top_k`, :func:`plot_retrieval_gallery`,
   :func:`plot_search_results` and :func:`neighbour_explorer`.
 - ``budget``: :func:`plot_budget_curve` (the miniature experiment's Precision@1 against stage-2 steps).
+- ``diagrams``: pictures of the ideas drawn from the code itself: :func:`draw_recipe_overview`,
+  :func:`draw_mask_cartoon`, :func:`draw_pooling`, :func:`draw_infonce`, :func:`draw_gradcache`, and
+  :func:`save_diagrams` (all five as PNGs; ``python -m comalite.viz.diagrams docs/figures``).
 """
+import importlib
+
 from .attention_mask import plot_attention_mask, role_segments
 from .budget import plot_budget_curve
 from .figures import ema_smooth, plot_loss_curves, plot_results_bars, plot_similarity_matrix
@@ -42,6 +47,18 @@ from .style import (
     SAVE_DPI,
 )
 
+# The diagrams load on first use: ``python -m comalite.viz.diagrams`` would otherwise find the module already
+# imported by this package (runpy warns), and ``import comalite.viz`` does not pay for the settings they read.
+_LAZY = {name: "comalite.viz.diagrams" for name in (
+    "draw_gradcache", "draw_infonce", "draw_mask_cartoon", "draw_pooling", "draw_recipe_overview", "save_diagrams")}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'comalite.viz' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
 __all__ = [
     "CORRECT_COLOUR",
     "DIAGONAL_COLOUR",
@@ -51,6 +68,11 @@ __all__ = [
     "MODALITY_MARKERS",
     "ROLE_COLOURS",
     "SAVE_DPI",
+    "draw_gradcache",
+    "draw_infonce",
+    "draw_mask_cartoon",
+    "draw_pooling",
+    "draw_recipe_overview",
     "ema_smooth",
     "neighbour_explorer",
     "plot_attention_mask",
@@ -64,5 +86,6 @@ __all__ = [
     "plot_similarity_matrix",
     "project_2d",
     "role_segments",
+    "save_diagrams",
     "top_k",
 ]

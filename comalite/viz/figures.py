@@ -129,6 +129,7 @@ def plot_results_bars(
     table: Mapping[str, Mapping[str, float]],
     *,
     chance: Mapping[str, float] | None = None,
+    chance_label: str = "chance",
     title: str | None = None,
     ylabel: str = "score",
     save_to: str | Path | None = None,
@@ -136,7 +137,10 @@ def plot_results_bars(
     """Grouped bars: one group per column (meta-task or aggregate), one bar per model, values on top.
 
     Columns appear in order of first appearance; a model missing a column simply has no bar there.
-    ``chance`` draws a dashed line across each column's group at the chance score.
+    ``chance`` draws a dashed line across each column's group at the chance score, labelled ``chance_label``.
+    Retrieval chance is better drawn at the honest floor than at 1/candidates: pass an evaluation's
+    ``floor_aggregates[model]`` (the higher of 1/candidates and that model's query-blind score, per dataset)
+    with ``chance_label="floor"``.
     """
     models = list(table)
     columns = list(dict.fromkeys(column for scores in table.values() for column in scores))
@@ -148,7 +152,6 @@ def plot_results_bars(
         heights = [table[model][columns[i]] for i in present]
         bars = ax.bar(x[present] - 0.4 + width * (j + 0.5), heights, width, label=model)
         ax.bar_label(bars, fmt="{:.3g}", fontsize=7, padding=1)
-    chance_label = "chance"
     for i, column in enumerate(columns):
         if chance and column in chance:
             ax.hlines(chance[column], x[i] - 0.45, x[i] + 0.45, colors="black", linestyles="--", lw=1.2,
