@@ -128,3 +128,17 @@ def test_scale_image_tokens_sets_their_mean_norm_and_keeps_their_directions():
     assert 0.5 < float(after.norm(dim=-1).mean()) < 2.0 and abs(factor - 1) > 0.1  # near the target, really moved
     again = scale_image_tokens(visual, processor, 112, 1.0, n_scenes=8)
     assert again == pytest.approx(1.0, abs=1e-4)  # the same scenes: already at the target
+
+
+def test_the_tokenizer_learns_the_recipes_fixed_texts():
+    """Stage 1's prompt and the chat roles come out of the tokenizer as words, not one token a byte (without
+    ``recipe_texts`` "Summarize above image in a few words." took ~20 tokens of a ~50-token stage-1 turn)."""
+    from comalite.config import load_config
+    from comalite.shapesworld import text_corpus
+    from comalite.tiny.build import recipe_texts, train_tokenizer
+
+    cfg = load_config("tiny")
+    corpus = text_corpus(seed=0, n=300)
+    plain, taught = train_tokenizer(corpus, 640), train_tokenizer(corpus + recipe_texts(cfg), 640)
+    for text in (cfg.stage1.prompt, cfg.stage1.text_prompt, "assistant"):
+        assert len(taught(text)["input_ids"]) <= len(text.split()) + 1 < len(plain(text)["input_ids"]), text

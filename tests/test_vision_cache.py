@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -38,8 +39,10 @@ def _model(checkpoint, cache_mb):
     return load_backbone(cfg, train_adapter="stage2")
 
 
-def test_cached_image_tokens_give_the_same_embeddings_and_run_the_vit_once(tiny_checkpoint, data_root):
-    images = sorted((data_root / "images").rglob("*.png"))[:3]
+def test_cached_image_tokens_give_the_same_embeddings_and_run_the_vit_once(tiny_checkpoint, data_root, tmp_path):
+    # Copies: the cache is process-wide (one per vision tower), and other tests encode the data's own images.
+    images = [shutil.copy(p, tmp_path / p.name) for p in sorted((data_root / "images").rglob("*.png"))[:3]]
+    assert len(images) == 3
     inputs = [EmbedInput("<|image_1|>\nRepresent the given image.", str(p)) for p in images] + [EmbedInput("two")]
     plain = _model(tiny_checkpoint, 0).eval()
     cached = _model(tiny_checkpoint, 64).eval()

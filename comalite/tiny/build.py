@@ -115,6 +115,13 @@ class TinyConfig:
                    stage0_scenes=0)
 
 
+def recipe_texts(cfg: Config, copies: int = 200) -> list[str]:
+    """The fixed texts the recipe writes around ShapesWorld's (the chat roles, stage 1's prompts), ``copies`` times
+    each so that BPE merges them into a few tokens: left out, "Summarize above image in a few words." and
+    "assistant" stay one byte a token, ~20 of a stage-1 turn's ~50 tokens."""
+    return ["user", "assistant", cfg.stage1.prompt, cfg.stage1.text_prompt] * copies
+
+
 def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE (like Qwen's) with Qwen's special tokens and a Qwen-style chat template."""
     tok = Tokenizer(models.BPE())
@@ -264,7 +271,7 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config, vision
     use_cpu_threads(tc.threads)
     torch.manual_seed(tc.seed)
     language = data_source(data_cfg).question_language()
-    tokenizer = train_tokenizer(text_corpus(seed=tc.seed, language=language), tc.vocab_size)
+    tokenizer = train_tokenizer(text_corpus(seed=tc.seed, language=language) + recipe_texts(data_cfg), tc.vocab_size)
     pixels = tc.image_size * tc.image_size
     image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels // 4, max_pixels=pixels)
     model = Qwen2VLForConditionalGeneration(tiny_qwen2vl_config(tokenizer, tc))
