@@ -120,8 +120,11 @@ def cached_embeddings(embedder, inputs: list[EmbedInput], cache: Path | None, ba
 
     Under ``torch.distributed`` the missing batches are dealt out to the processes and the embeddings gathered:
     every process returns the same array, the one a single process would compute."""
-    barrier()  # every process reads the cache as it stands before any of them writes to it
+    # Every process reads the cache as it stands before any of them writes to it: a process that listed it after
+    # another's first write would deal the batches out differently, and some rows would be encoded by nobody.
+    barrier()
     chunks = _load_chunks(cache, len(inputs)) if cache is not None and cache.is_dir() else {}
+    barrier()
     done = np.zeros(len(inputs), dtype=bool)
     for lo, array in chunks.items():
         done[lo : lo + len(array)] = True
