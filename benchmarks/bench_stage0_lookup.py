@@ -3,7 +3,7 @@
     python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag base           # place lookups, ViT tokens
     python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag oracle --oracle  # exact labels as tokens
     python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag text --text      # the scene as a sentence
-    python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag copy --text --copy
+    python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag text_copy --text --copy
 
 Every build of the tiny VLM lands at the same ceiling (``benchmarks/README.md``, "Stage-0 levers"): it answers
 what needs the scene as a whole (how many objects) and not what needs one object picked out ("Is there an object
