@@ -125,17 +125,22 @@ def floor_level(chance: float, chance_std: float, query_blind: float, n_queries:
 def score_queries(
     embeddings: np.ndarray, query_rows: np.ndarray, candidate_rows: Sequence[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-query Precision@1 credit and ground-truth rank, ground truth = each candidate list's first entry.
+    """Per-query Precision@1 credit and ground-truth rank (``credit_and_ranks`` of ``candidate_scores``)."""
+    return credit_and_ranks(candidate_scores(embeddings, query_rows, candidate_rows))
+
+
+def credit_and_ranks(scores: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query Precision@1 credit and ground-truth rank from each query's candidate scores (truth first).
 
     ``credit`` is 0 when some candidate beats the ground truth, else ``1 / (1 + ties)`` (see the module
     docstring); ``rank`` is 1-based and places the ground truth after all candidates it ties with.
     """
-    credit = np.empty(len(query_rows))
-    ranks = np.empty(len(query_rows), dtype=np.int64)
-    for i, scores in enumerate(_candidate_scores(embeddings, query_rows, candidate_rows)):
-        others = scores[1:]
-        better = int(np.sum(others > scores[0] + TIE_TOL))
-        ties = int(np.sum(np.abs(others - scores[0]) <= TIE_TOL))
+    credit = np.empty(len(scores))
+    ranks = np.empty(len(scores), dtype=np.int64)
+    for i, row in enumerate(scores):
+        others = row[1:]
+        better = int(np.sum(others > row[0] + TIE_TOL))
+        ties = int(np.sum(np.abs(others - row[0]) <= TIE_TOL))
         credit[i] = 0.0 if better else 1.0 / (1 + ties)
         ranks[i] = 1 + better + ties
     return credit, ranks

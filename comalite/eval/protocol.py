@@ -20,8 +20,8 @@ from PIL import Image
 
 from comalite.distributed import is_writer
 from comalite.eval.cache import cache_folder, cached_embeddings, inputs_fingerprint
-from comalite.eval.metric import (aggregate, at_chance, candidate_scores, chance_level, floor_level,
-                                  query_blind_scores, score_queries, structure_summary, top_credit)
+from comalite.eval.metric import (aggregate, at_chance, candidate_scores, chance_level, credit_and_ranks, floor_level,
+                                  query_blind_scores, structure_summary, top_credit)
 from comalite.eval.report import save_results
 from comalite.records import META_TASKS, DatasetInfo, EmbedInput, EvalDataset
 
@@ -79,14 +79,15 @@ def evaluate_dataset(
     inputs, query_rows, candidate_rows = _distinct_inputs(dataset)
     cache = cache_folder(cache_dir, embedder.fingerprint, dataset.name, inputs, inputs_key)
     embeddings, n_encoded = cached_embeddings(embedder, inputs, cache, batch_size, progress, desc=dataset.name)
-    credit, ranks = score_queries(embeddings, query_rows, candidate_rows)
+    scores = candidate_scores(embeddings, query_rows, candidate_rows)  # one pass serves P@1 and the split
+    credit, ranks = credit_and_ranks(scores)
     counts = np.array([len(rows) for rows in candidate_rows])
     chance, chance_std = chance_level(counts)
     n_hard = [q.n_hard for q in dataset.queries]
     blind = query_blind_scores(embeddings, query_rows, candidate_rows)
     query_blind = float(np.mean([top_credit(s) for s in blind]))
     floor, floor_std = floor_level(chance, chance_std, query_blind, len(query_rows))
-    structure = structure_summary(candidate_scores(embeddings, query_rows, candidate_rows), n_hard)
+    structure = structure_summary(scores, n_hard)
     blind_structure = structure_summary(blind, n_hard)
     return {
         "dataset": dataset.name,
