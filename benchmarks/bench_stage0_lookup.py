@@ -3,7 +3,8 @@
     python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag base           # place lookups, ViT tokens
     python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag oracle --oracle  # exact labels as tokens
     python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag text --text      # the scene as a sentence
-    python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag text_copy --text --copy
+    python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag grid_captions --grid-captions 3000
+    python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag text_pretrain --pretrain-text 600 --stage0-lr 1e-3
 
 Every build of the tiny VLM lands at the same ceiling (``benchmarks/README.md``, "Stage-0 levers"): it answers
 what needs the scene as a whole (how many objects) and not what needs one object picked out ("Is there an object
@@ -18,7 +19,8 @@ sequence) on 6,000 seeded scenes (``--scenes``; 400 held out), but only on the q
 Levers (one per run): ``--lr``, ``--steps``; ``--oracle`` replaces each image token by the exact labels a linear
 probe reads from it (row, column, colour, shape, size as one-hots: what the tokens hold, with no noise);
 ``--text`` gives the scene as its description instead of an image (``--copy`` adds the description asked back:
-a dense copy task); ``--whiten E`` whitens the image tokens (shrunk by E times the mean eigenvalue, through the
+a dense copy task); ``--grid-captions N`` adds N scenes captioned place first (``grid_caption``);
+``--pretrain-text STEPS`` first trains the LM on text lessons (``pretrain_on_text``); ``--whiten E`` whitens the image tokens (shrunk by E times the mean eigenvalue, through the
 merger's last layer); ``--train-vision`` unfreezes the ViT. Held-out scenes, per question type, against the
 honest blind (``tiny.build.blind_by_template``). Numbers to ``--out`` (default
 ``benchmarks/results/stage0_lookup/<tag>.json``) and stdout. One thread; a run of 600 steps takes ~5 min.
@@ -45,7 +47,7 @@ FAMILIES = {
 }
 
 
-def fresh_model(vision_from: Path, out: Path, cfg) -> Path:
+def fresh_model(vision_from: Path, out: Path, cfg, lm_shape: dict | None = None) -> Path:
     """A new tiny Qwen2-VL (the recipe's tokenizer and freshly initialised LM) carrying the pre-trained ViT of the
     tiny checkpoint ``vision_from`` (the ViT's shape and image size as its ``tiny_report.json`` records), saved to
     ``out``."""
@@ -57,7 +59,7 @@ def fresh_model(vision_from: Path, out: Path, cfg) -> Path:
 
     built = json.loads((vision_from / "tiny_report.json").read_text())["config"]  # its ViT's shape and image size
     tc = TinyConfig(**{k: built[k] for k in ("hidden", "vision_depth", "vision_dim", "vision_heads",
-                                             "vision_mlp_ratio", "image_size")})
+                                             "vision_mlp_ratio", "image_size")}, **(lm_shape or {}))
     torch.manual_seed(tc.seed)
     tokenizer = train_tokenizer(text_corpus(seed=tc.seed, language=cfg.data.language) + recipe_texts(cfg),
                                 tc.vocab_size)
@@ -130,6 +132,61 @@ def use_oracle_tokens(backbone, image_size: int) -> list[float]:
     return accuracy
 
 
+GRID_PROMPT = "List the objects from the top left to the bottom right."
+
+
+def grid_caption(scene) -> str:
+    """The scene's objects in reading order, each place first: "top right: a large orange square. center: ..."
+    Every phrase after a place is a lookup by that place, with the place words right before it."""
+    return " ".join(f"{o.position}: a {o.size} {o.color} {o.shape}." for o in scene.objects)  # in reading order
+
+
+def caption_dialogues(folder: Path, n: int, seed: int, image_size: int):
+    """``n`` seeded scenes rendered under ``folder``, each asked ``GRID_PROMPT`` once."""
+    from comalite.records import Dialogue, Turn
+    from comalite.shapesworld import render, sample_scene
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 21])
+    out = []
+    for i in range(n):
+        scene = sample_scene(rng)
+        path = folder / f"{i:06d}.png"
+        render(scene, image_size).save(path, format="PNG", compress_level=1)
+        out.append(Dialogue(turns=(Turn(GRID_PROMPT, grid_caption(scene)),), image=str(path)))
+    return out
+
+
+def bag_of_objects(n: int, seed: int) -> dict[str, float]:
+    """What a model that knows which objects the scene holds but not where scores, per place question template, on
+    ``n`` seeded scenes' questions: a colour or shape at a place answered with the scene's most common one (ties
+    shared), existence at a place with the best answer for the scene's number of objects. Above this, a model
+    picks out the object at the place."""
+    from collections import Counter, defaultdict
+
+    from comalite.shapesworld import qa_dialogue, question_template, sample_scene
+
+    rng = np.random.default_rng([seed, 31])
+    credit, by_count = defaultdict(list), defaultdict(Counter)
+    for _ in range(n):
+        scene = sample_scene(rng)
+        for turn in qa_dialogue(scene, rng, 5, 2):
+            template = question_template(turn.question)
+            if template not in FAMILIES["place"]:
+                continue
+            field = "color" if "color" in template else "shape" if "shape" in template else None
+            if field is None:  # existence: tallied per number of objects, credited below
+                by_count[template, len(scene.objects)][turn.answer] += 1
+                continue
+            counts = Counter(getattr(o, field) for o in scene.objects)
+            top = max(counts.values())
+            modes = [v for v, c in counts.items() if c == top]
+            credit[template].append((turn.answer in modes) / len(modes))
+    for (template, _), answers in by_count.items():
+        credit[template].extend([answers.most_common(1)[0][1] / sum(answers.values())] * sum(answers.values()))
+    return {template: float(np.mean(values)) for template, values in credit.items()}
+
+
 def text_scenes(n: int, seed: int):
     """``n`` seeded scenes as (description, question turns) dialogues without images."""
     from comalite.records import Dialogue
@@ -152,6 +209,65 @@ def family_turns(dialogues, family: str):
             if question_template(t.question) in FAMILIES[family]]
 
 
+def text_lessons(n: int, seed: int):
+    """``n`` seeded scenes as text-only dialogues: "Describe the image in detail." answered by the scene's
+    description, then its questions, every answer readable from the description above it."""
+    from comalite.records import Dialogue, Turn
+    from comalite.shapesworld import DESCRIBE
+
+    return [Dialogue(turns=(Turn(DESCRIBE, d.text),) + d.turns) for d in text_scenes(n, seed)]
+
+
+def pretrain_on_text(backbone, cfg, args, out: Path) -> dict:
+    """Language pre-training before stage 0, as a real VLM's LLM has had: ``--pretrain-text`` steps of next-token
+    loss on ``text_lessons`` (questions and answers supervised, every turn in context), so the LM first learns to
+    find a thing in its context where the words themselves match. Returns its loss and, on held-out text lessons
+    one question at a time after the description, the accuracy of the family's questions."""
+    from dataclasses import replace
+
+    from comalite.config import TrainConfig
+    from comalite.objective import LMObjective, train_lm
+    from comalite.records import Dialogue, Turn
+    from comalite.shapesworld import DESCRIBE
+
+    layout = replace(cfg.stage1, multi_turn=True)
+    objective = LMObjective(layout=layout, compression_mask=False, with_compression=False, supervise="all")
+    train_cfg = TrainConfig(steps=args.pretrain_text, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.05,
+                            save_every=0, log_every=50, weight_decay=0.01)
+    train = text_lessons(args.scenes, 3)
+    history = train_lm(backbone, train, train_cfg, out, objective, desc="text pre-training")
+    test = [Dialogue(turns=(Turn(DESCRIBE, d.turns[0].answer), t)) for d in text_lessons(args.scenes // 15, 8)
+            for t in d.turns[1:] if t.question != DESCRIBE]
+    by_type = accuracy_by_question_type_in_context(backbone, train, test, layout)
+    return {"steps": args.pretrain_text, "loss_every_50": [round(h["loss"], 4) for h in history[::50]],
+            "by_type": by_type}
+
+
+def accuracy_by_question_type_in_context(backbone, train, test, layout) -> dict:
+    """Per question template of each test dialogue's last turn: the accuracy of that answer alone (the earlier
+    turns are context), next to the honest blind on the same questions."""
+    from comalite.objective import answer_accuracy
+    from comalite.records import Dialogue
+    from comalite.sequence import ANSWER, CONTEXT, dialogue_examples
+    from comalite.shapesworld import question_template
+    from comalite.tiny.build import blind_by_template
+
+    groups: dict[str, list] = {}
+    for d in test:
+        groups.setdefault(question_template(d.turns[-1].question), []).append(d)
+    blind = blind_by_template([Dialogue(turns=d.turns[1:]) for d in train],
+                              [Dialogue(turns=d.turns[-1:]) for d in test])
+    out = {}
+    for template, dialogues in sorted(groups.items()):
+        examples = dialogue_examples(backbone.processor, dialogues, layout, with_compression=False)
+        for ex in examples:  # only the last answer is scored: earlier answers become context
+            last = max(i for i, r in enumerate(ex.roles) if r != ANSWER)
+            ex.roles = [CONTEXT if r == ANSWER and i < last else r for i, r in enumerate(ex.roles)]
+        out[template] = {"answers": len(dialogues), "blind": blind[template]["blind"],
+                         "accuracy": answer_accuracy(backbone, examples, compression_mask=False)["accuracy"]}
+    return out
+
+
 def run(args) -> dict:
     """Train and score one run (``main``'s settings); its model and images live in a temporary folder."""
     work = Path(tempfile.mkdtemp(prefix="comalite-lookup-"))
@@ -172,7 +288,7 @@ def run_in(work: Path, args) -> dict:
     torch.set_num_threads(1)
     size = json.loads((Path(args.vision_from) / "tiny_report.json").read_text())["config"]["image_size"]
     cfg = load_config("tiny", ["data.language=2", f"data.image_size={size}"])
-    model_dir = fresh_model(Path(args.vision_from), work / "model", cfg)
+    model_dir = fresh_model(Path(args.vision_from), work / "model", cfg, dict(args.lm))
     pixels = size * size
     backbone = load_backbone(ModelConfig(backbone=str(model_dir), quantization="none", dtype="fp32", device="cpu",
                                          n_compress=0, gradient_checkpointing=False, min_pixels=pixels // 4,
@@ -194,19 +310,37 @@ def run_in(work: Path, args) -> dict:
     else:
         train = family_turns(stage0_dialogues(work / "train", args.scenes, 0, size, 5, 2), args.family)
         test = family_turns(stage0_dialogues(work / "test", args.scenes // 15, 7, size, 5, 2), args.family)
+        if args.grid_captions:
+            train += caption_dialogues(work / "captions", args.grid_captions, 0, size)
+            random.Random(0).shuffle(train)
     objective = LMObjective(layout=cfg.stage1, compression_mask=False, with_compression=False, supervise="answers")
-    train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_ratio=0.05,
-                            save_every=0, log_every=50, weight_decay=0.01)
+    train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.stage0_lr or args.lr,
+                            warmup_ratio=0.05, save_every=0, log_every=50, weight_decay=0.01)
     start = time.perf_counter()
+    if args.pretrain_text:
+        extra["text_pretraining"] = pretrain_on_text(backbone, cfg, args, work / "text")
+        for name, row in extra["text_pretraining"]["by_type"].items():
+            print(f"text: {100 * row['accuracy']:5.1f} % (blind {100 * row['blind']:4.1f}, {row['answers']} answers)  "
+                  f"{name}", flush=True)
     history = train_lm(backbone, train, train_cfg, work / "run", objective, desc=args.tag)
     seconds = time.perf_counter() - start
     by_type = accuracy_by_question_type(backbone, train, test, cfg.stage1)
+    if args.family == "place":
+        extra["bag_of_objects"] = bag_of_objects(3000, 0)
     return {"tag": args.tag, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "vision_from")},
             "vision_from": Path(args.vision_from).name, "train_sequences": len(train), "test_answers": len(test),
             "train_seconds": round(seconds, 1), "loss_every_50": [round(h["loss"], 4) for h in history[::50]],
             **extra,
             "by_type": {k: {"answers": v["answers"], "accuracy": v["accuracy"], "blind": v["blind"]}
                         for k, v in by_type.items()}}
+
+
+def lm_field(text: str) -> tuple[str, int]:
+    """``--lm``'s FIELD=INT, for a field of the language model's shape."""
+    name, _, value = text.partition("=")
+    if name not in ("layers", "heads", "kv_heads", "intermediate") or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give layers, heads, kv_heads or intermediate as FIELD=INT")
+    return name, int(value)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -217,11 +351,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scenes", type=int, default=6000, help="training scenes (1/15 as many held out)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--stage0-lr", type=float, default=0.0,
+                        help="learning rate of the image stage alone (default --lr; after --pretrain-text, 3e-3 spikes)")
+    parser.add_argument("--grid-captions", type=int, default=0, metavar="N",
+                        help="add N scenes captioned place first, in reading order (grid_caption)")
     parser.add_argument("--oracle", action="store_true", help="exact labels as image tokens")
     parser.add_argument("--text", action="store_true", help="the scene as its description, no image")
     parser.add_argument("--copy", action="store_true", help="with --text: add the description asked back")
     parser.add_argument("--whiten", type=float, default=0.0, help="whiten the image tokens, shrunk by this")
     parser.add_argument("--train-vision", action="store_true", help="unfreeze the ViT")
+    parser.add_argument("--pretrain-text", type=int, default=0, metavar="STEPS",
+                        help="first train the LM this many steps on text lessons (pretrain_on_text)")
+    parser.add_argument("--lm", action="append", default=[], metavar="FIELD=INT", type=lm_field,
+                        help="the language model's shape, e.g. --lm heads=8 --lm kv_heads=8 (TinyConfig's layers, "
+                             "heads, kv_heads, intermediate)")
     parser.add_argument("--tag", required=True)
     parser.add_argument("--out", help="JSON file (default results/stage0_lookup/<tag>.json)")
     args = parser.parse_args(argv)
@@ -231,8 +374,10 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out) if args.out else RESULTS / f"{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
+    bag = report.get("bag_of_objects", {})
     for name, row in report["by_type"].items():
-        print(f"{100 * row['accuracy']:5.1f} % (blind {100 * row['blind']:4.1f}, {row['answers']} answers)  {name}")
+        print(f"{100 * row['accuracy']:5.1f} % (blind {100 * row['blind']:4.1f}, "
+              + (f"bag of objects {100 * bag[name]:4.1f}, " if name in bag else "") + f"{row['answers']} answers)  {name}")
     print(f"{report['train_seconds']:.0f} s of training; written to {out}")
     return report
 

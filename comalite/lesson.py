@@ -108,11 +108,23 @@ def _short_warning(message, category, filename, lineno, line=None) -> str:
     return f"{category.__name__}: {message}\n"
 
 
+class _ShownPaths(logging.Filter):
+    """Log records name their files as the lesson prints paths (``shown``): no output holds a machine's paths."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(shown(a) if isinstance(a, Path) else a for a in record.args)
+        return True
+
+
 def start(notebook: str, preset: str = "tiny", overrides: list[str] | tuple[str, ...] = (), *,
           figures: str | Path | None = None) -> Lesson:
     """Load the notebook's config and quieten the libraries' logs (and their progress bars when
     ``TQDM_DISABLE`` is set, as the render script and the tests do)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _ShownPaths) for f in handler.filters):
+            handler.addFilter(_ShownPaths())
     logging.getLogger("comalite.eval.protocol").setLevel(logging.ERROR)  # its warnings also come as Python warnings
     warnings.filterwarnings("ignore", message=".*gemm_4bit_forward from kernels-community.*")
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")

@@ -1,23 +1,19 @@
 """``benchmarks/bench_stage0_lookup.py`` runs end to end on a few scenes and reports per question type."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_stage0_lookup.py"
+from repo_scripts import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_stage0_lookup", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_stage0_lookup.py")
 
 
-@pytest.mark.parametrize("mode", [[], ["--text"], ["--oracle"]], ids=["image", "text", "oracle"])
+@pytest.mark.parametrize("mode", [[], ["--text"], ["--oracle"], ["--grid-captions", "6"], ["--pretrain-text", "2"]],
+                         ids=["image", "text", "oracle", "grid_captions", "pretrain_text"])
 def test_a_short_run_scores_every_question_of_its_family(tiny_checkpoint, tmp_path, mode):
     bench = _bench()
     out = tmp_path / "run.json"
@@ -28,6 +24,22 @@ def test_a_short_run_scores_every_question_of_its_family(tiny_checkpoint, tmp_pa
     assert all(0 <= row["accuracy"] <= 1 and row["answers"] > 0 for row in report["by_type"].values())
     assert report["train_sequences"] > 0 and len(report["loss_every_50"]) == 1
     assert ("oracle_probe_accuracy" in report) == ("--oracle" in mode)
+    if "--grid-captions" in mode:  # the captions train, they are not scored
+        assert report["train_sequences"] > report["test_answers"] and report["settings"]["grid_captions"] == 6
+    if "--pretrain-text" in mode:  # the text stage scores each question type once after its description
+        text = report["text_pretraining"]
+        assert text["steps"] == 2 and len(text["loss_every_50"]) == 1
+        assert text["by_type"] and all(0 <= r["accuracy"] <= 1 and r["answers"] > 0 for r in text["by_type"].values())
+
+
+def test_grid_captions_name_each_object_place_first_in_reading_order():
+    from comalite.shapesworld import Background, Obj, Scene
+
+    bench = _bench()
+    scene = Scene(objects=(Obj("circle", "blue", "large", 0, 2), Obj("square", "green", "small", 1, 1),
+                           Obj("star", "red", "small", 2, 1)), background=Background("plain", ("charcoal",)))
+    assert bench.grid_caption(scene) == ("top right: a large blue circle. center: a small green square. "
+                                         "bottom center: a small red star.")
 
 
 def test_copy_needs_text(tiny_checkpoint):
@@ -43,3 +55,20 @@ def test_family_turns_keep_one_turn_per_sequence_of_the_family():
 
     assert turns and all(len(d.turns) == 1 and question_template(d.turns[0].question) in bench.FAMILIES["object"]
                          and d.text for d in turns)
+
+
+def test_bag_of_objects_names_the_only_object_right_and_shares_ties(monkeypatch):
+    import comalite.shapesworld as sw
+    from comalite.shapesworld import Background, Obj, Scene
+
+    bench = _bench()
+    one = Scene(objects=(Obj("star", "red", "small", 0, 0),), background=Background("plain", ("gray",)))
+    monkeypatch.setattr(sw, "sample_scene", lambda rng, **kw: one)
+    bag = bench.bag_of_objects(200, 0)
+    assert bag["What color is the object {place}?"] == bag["What shape is the object {place}?"] == 1.0
+    two = Scene(objects=(Obj("star", "red", "small", 0, 0), Obj("circle", "blue", "large", 2, 2)),
+                background=Background("plain", ("gray",)))
+    monkeypatch.setattr(sw, "sample_scene", lambda rng, **kw: two)
+    bag = bench.bag_of_objects(200, 0)
+    assert bag["What color is the object {place}?"] == bag["What shape is the object {place}?"] == 0.5  # a tie
+    assert 0.5 <= bag["Is there an object {place}?"] <= 1.0

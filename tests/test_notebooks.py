@@ -105,6 +105,34 @@ def test_notebooks_keep_the_house_layout(path):
     assert any(f"{name} = " in nb.cells[-1].source for name in ("PRESET", "OVERRIDES", *LESSON_PARAMETERS))
 
 
+ANSWER = "<details><summary>Answer</summary>"
+"""How a "Predict, then run" answer opens: folded, so a student sees it only after answering."""
+EXERCISE_TIME = re.compile(r"\b\d+ (s|seconds?|minutes?|hours?)\b")
+"""How long an exercise takes, as a "Try it" item says it ("about 2 minutes", "20 s")."""
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebooks_end_with_predict_then_run(path):
+    """Before "Check yourself": 5-8 questions, each a markdown cell, the code cell that shows its answer, and
+    the answer folded under it. Every "Try it" exercise says what to look for and how long it takes."""
+    cells = nbformat.read(path, as_version=4).cells
+    starts = [i for i, c in enumerate(cells) if c.source.startswith("## Predict, then run")]
+    assert len(starts) == 1 and cells[starts[0]].cell_type == "markdown"
+    end = next(i for i, c in enumerate(cells) if c.source.startswith("## Check yourself"))
+    block = cells[starts[0] + 1:end]
+    assert len(block) % 3 == 0 and 5 <= len(block) // 3 <= 8, f"{len(block) / 3:g} questions"
+    for n, (question, reveal, answer) in enumerate(zip(block[::3], block[1::3], block[2::3]), start=1):
+        assert question.cell_type == "markdown" and question.source.startswith(f"**{n}.**")
+        assert reveal.cell_type == "code" and reveal.source.strip(), f"question {n} has no cell to run"
+        assert answer.cell_type == "markdown" and answer.source.startswith(ANSWER), f"question {n}"
+        assert answer.source.rstrip().endswith("</details>")
+    exercises = re.split(r"^\d+\. ", cells[-1].source, flags=re.MULTILINE)[1:]
+    assert exercises, "'Try it' has no numbered exercise"
+    for n, exercise in enumerate(exercises, start=1):
+        assert EXERCISE_TIME.search(exercise), f"exercise {n} does not say how long it takes"
+        assert re.search(r"\blook\b", exercise, re.IGNORECASE), f"exercise {n} does not say what to look at"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_smoke_mode(path, tiny_home, tmp_path, capsys):
     nb, seconds = render.execute(path, preset="tiny-smoke", timeout=CELL_TIMEOUT, cwd=tmp_path, inject=True)
@@ -232,3 +260,18 @@ def test_lesson_overrides_that_change_learning_get_their_own_run_folder():
     assert lesson_config("tiny", ["model.n_compress=4", "name=mine"]).name == "mine"
     assert lesson_config("tiny", ["model.n_compress=8"]).name == "tiny"  # the preset's own value changes nothing
     assert not ABSOLUTE_PATH.search(shown(lesson_config("tiny-smoke").run_dir() / "stage1"))
+
+
+def test_lesson_logs_name_files_without_the_machines_paths():
+    """A library warning that names a file (the data reader's, say) prints it as the lesson prints paths."""
+    import logging
+
+    from comalite.lesson import _ShownPaths
+    from comalite.paths import repo_dir
+
+    file = Path(repo_dir()) / "data" / "shapesworld" / "eval" / "SW-I2T" / "test.parquet"
+    record = logging.LogRecord("comalite.data.io", logging.WARNING, __file__, 1, "%s: %d of %d rows odd",
+                               (file, 1, 600), None)
+    assert _ShownPaths().filter(record)
+    assert record.getMessage() == "data/shapesworld/eval/SW-I2T/test.parquet: 1 of 600 rows odd"
+    assert not ABSOLUTE_PATH.search(record.getMessage())

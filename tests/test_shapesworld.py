@@ -196,7 +196,7 @@ def test_a_folder_of_an_older_format_is_rebuilt_not_misread(world, tmp_path):
     old = {**manifest, "format": 1}
     (folder / "manifest.json").write_text(json.dumps(old))
     assert build_shapesworld(folder, **SMALL) == manifest
-    assert json.loads((folder / "manifest.json").read_text())["format"] == FORMAT == 2
+    assert json.loads((folder / "manifest.json").read_text())["format"] == FORMAT == 3
 
 
 def test_build_refuses_foreign_folder_and_bad_params(tmp_path):
@@ -382,3 +382,21 @@ def test_question_template_names_the_question_type():
     assert question_template("How many triangles are there?") == "How many {shapes} are there?"
     assert question_template("What shape is the green object?") == "What shape is the {color} object?"
     assert question_template("Describe the image in detail.") == "Describe the image in detail."
+
+
+def test_retrieval_rows_never_hold_two_candidates_with_one_description(tmp_path, monkeypatch):
+    """Other scenes can share a description ("one object: a small white star at the bottom center."): an
+    image -> text row once held such a negative twice (SW-I2T row 36 of the tiny build)."""
+    from comalite.shapesworld import build
+
+    # A pool of 24 scenes but only 4 descriptions (the same object, jittered in its cell), so repeats are certain.
+    pool = [Scene((Obj("star", "white", "small", 2, 1 + k % 2, dx=0.1 * (k // 4) - 0.3),) if k % 4 < 2 else
+                  (Obj("circle", "red", "large", 0, k % 2),), Background("plain", ("gray",))) for k in range(24)]
+    draws = iter(pool)
+    monkeypatch.setattr(build, "_scene_for", lambda w, rng, style, heldout: (next(draws), 0))
+    writer = build._Writer(tmp_path / "images", 32)
+    examples = build._retrieval_examples(writer, np.random.default_rng(0), "i2t", "i2t", "eval", 24, "flat",
+                                         False, n_candidates=4)
+    for e in examples:
+        texts = [e.positive[0]] + [t for t, _ in e.negatives]
+        assert len(set(texts)) == len(texts), texts

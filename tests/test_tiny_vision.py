@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -142,3 +143,19 @@ def test_the_tokenizer_learns_the_recipes_fixed_texts():
     plain, taught = train_tokenizer(corpus, 640), train_tokenizer(corpus + recipe_texts(cfg), 640)
     for text in (cfg.stage1.prompt, cfg.stage1.text_prompt, "assistant"):
         assert len(taught(text)["input_ids"]) <= len(text.split()) + 1 < len(plain(text)["input_ids"]), text
+
+
+def test_accuracy_by_question_type_scores_each_turn_with_its_dialogues_text_and_image(monkeypatch):
+    """A held-out text dialogue is scored with its text in context (it once lost it: a text-only model was
+    scored on the bare question, at its blind rate)."""
+    from comalite.records import Dialogue, Turn
+    from comalite.tiny import build
+
+    seen = []
+    monkeypatch.setattr(build, "dialogue_examples", lambda processor, turns, s1, **kw: seen.extend(turns) or turns)
+    monkeypatch.setattr(build, "answer_accuracy", lambda backbone, examples, **kw: {"accuracy": 1.0})
+    heldout = [Dialogue(turns=(Turn("How many objects are there?", "two"), Turn("Is there a red star?", "no")),
+                        text="two objects: a small red circle in the center and a large blue star at the top left.")]
+    by_type = build.accuracy_by_question_type(SimpleNamespace(processor=None), heldout, heldout, s1=None)
+    assert set(by_type) == {"How many objects are there?", "Is there a {object}?"}
+    assert [len(d.turns) for d in seen] == [1, 1] and all(d.text == heldout[0].text for d in seen)

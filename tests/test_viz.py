@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from matplotlib.collections import LineCollection
 from matplotlib.colors import same_color, to_rgb
+from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.patches import Rectangle
 from PIL import Image
 
@@ -212,6 +213,17 @@ def test_similarity_matrix_large_unmarked_has_no_annotations():
         viz.plot_similarity_matrix(np.eye(2), row_labels=["only one"])
 
 
+def test_similarity_matrices_side_by_side_share_a_colour_scale():
+    before = np.array([[0.2, 0.3], [0.3, 0.4]])
+    after = np.array([[0.9, 0.1], [0.1, 0.8]])
+    # By default each matrix spans its own range, so the same colour means different cosines.
+    assert viz.plot_similarity_matrix(before).axes[0].images[0].get_clim() == (0.2, 0.4)
+    shared = [viz.plot_similarity_matrix(m, vmin=0.0, vmax=1.0).axes[0].images[0] for m in (before, after)]
+    assert [image.get_clim() for image in shared] == [(0.0, 1.0), (0.0, 1.0)]
+    # The shared scale reaches the colours: 0.4 is in the dark lower half of [0, 1], not the top of [0.2, 0.4].
+    assert shared[0].norm(0.4) == pytest.approx(0.4)
+
+
 # ------------------------------------------------------------------------------------------- projections
 
 
@@ -365,6 +377,151 @@ def test_results_bars_groups_models_and_draws_chance(tmp_path):
     levels = sorted(segment[0][1] for lines in chance_lines for segment in lines.get_segments())
     assert levels == [2.0, 5.0]
     assert legend_texts(ax.get_legend()) == ["chance", "base", "CoMa"]
+
+
+def test_binomial_interval_is_wilson_by_hand():
+    # 50 of 100, z = 1.96: z²/n = 0.038416, centre (0.5 + 0.019208) / 1.038416 = 0.5,
+    # half 1.96 / 1.038416 * sqrt(0.0025 + 0.00009604) = 0.096170.
+    low, high = viz.binomial_interval(0.5, 100)
+    assert (low, high) == (pytest.approx(0.403830, abs=1e-6), pytest.approx(0.596170, abs=1e-6))
+    # 0 of 10: z²/n = 0.38416, centre 0.19208 / 1.38416 = 0.138770 and half 1.96 / 1.38416 * sqrt(0.009604)
+    # = 0.138770 too, so the interval starts at exactly 0 and is not empty.
+    low, high = viz.binomial_interval(0.0, 10)
+    assert low == 0.0 and high == pytest.approx(0.277541, abs=1e-6)
+    # Mirror image: 10 of 10 is 1 minus the interval of 0 of 10.
+    assert viz.binomial_interval(1.0, 10) == pytest.approx((1 - high, 1.0))
+    with pytest.raises(ValueError, match="successes_fraction"):
+        viz.binomial_interval(55.0, 100)
+    with pytest.raises(ValueError, match="n must"):
+        viz.binomial_interval(0.5, 0)
+
+
+def test_results_bars_draws_the_wilson_interval_as_error_bars():
+    table = {"base": {"Cls": 20.0, "VQA": 10.0}, "CoMa": {"Cls": 60.0, "VQA": 55.5}}
+    counts = {"base": {"Cls": 50, "VQA": 30}, "CoMa": {"Cls": 50}}  # CoMa's VQA has no count: no error bar
+    fig = viz.plot_results_bars(table, counts=counts, scale=100)
+    (ax,) = fig.axes
+    containers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(containers) == 2
+    drawn = []
+    for container in containers:
+        _, _, (whiskers,) = container.lines
+        drawn += [(float(segment[0][1]), float(segment[1][1])) for segment in whiskers.get_segments()]
+    expected = [tuple(100 * v for v in viz.binomial_interval(p, n)) for p, n in [(0.2, 50), (0.1, 30), (0.6, 50)]]
+    np.testing.assert_allclose(sorted(drawn), sorted(expected))
+    assert drawn[0][0] < 20.0 < drawn[0][1]
+    # Each value label sits on top of its whisker (or its bar where there is none), so they do not cross.
+    label_heights = {t.get_text(): t.xy[1] for t in ax.texts}
+    assert label_heights["20"] == pytest.approx(expected[0][1])
+    assert label_heights["55.5"] == 55.5
+    assert ax.get_ylim()[1] > max(high for _, high in expected)
+    assert legend_texts(ax.get_legend()) == ["base", "CoMa"]  # error bars add no legend entry
+    with pytest.raises(ValueError, match="scale"):
+        viz.plot_results_bars(table, counts=counts)  # percentages read as fractions
+
+
+def test_results_bars_draws_each_models_floor_over_its_own_bar():
+    table = {"base": {"Cls": 20.0, "VQA": 10.0}, "CoMa": {"Cls": 60.0, "VQA": 55.5}}
+    floors = {"base": {"Cls": 25.0, "VQA": 8.0}, "CoMa": {"Cls": 12.0}}  # CoMa's VQA has no floor: no tick
+    fig = viz.plot_results_bars(table, chance={"Cls": 5.0, "VQA": 5.0}, floors=floors)
+    (ax,) = fig.axes
+    ticks = [c for c in ax.collections if c.get_gid() == "floor"]
+    segments = [segment for collection in ticks for segment in collection.get_segments()]
+    assert sorted(float(s[0][1]) for s in segments) == [8.0, 12.0, 25.0]
+    # Each tick spans exactly its own model's bar (not the whole group, as the chance line does).
+    bars = {(round(b.get_x(), 6), round(b.get_width(), 6)): b.get_height() for b in ax.patches}
+    for (x0, _), (x1, level) in (tuple(map(tuple, s)) for s in segments):
+        assert (round(x0, 6), round(x1 - x0, 6)) in bars
+    spans = {float(s[0][1]): bars[(round(s[0][0], 6), round(s[1][0] - s[0][0], 6))] for s in segments}
+    assert spans == {25.0: 20.0, 8.0: 10.0, 12.0: 60.0}
+    # A bar below its own floor gets its value label above the tick, not crossed by it.
+    assert {t.get_text(): t.xy[1] for t in ax.texts}["20"] == 25.0
+    assert legend_texts(ax.get_legend()).count("floor") == 1
+    assert "chance" in legend_texts(ax.get_legend())
+    assert ax.get_ylim()[1] > 60.0
+
+
+def test_results_bars_turns_crowded_value_labels_upright():
+    rng = np.random.default_rng(0)
+    crowded = {f"model {j}": {f"task {i}": round(float(rng.uniform(0.45, 0.55)), 3) for i in range(6)}
+               for j in range(6)}
+    fig = viz.plot_results_bars(crowded)
+    (ax,) = fig.axes
+    assert {t.get_rotation() for t in ax.texts} == {90.0}
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    # Upright labels stay inside the axes.
+    assert max(box.y1 for box in boxes) < ax.get_window_extent(renderer).y1
+    # Two models leave room: the labels stay level.
+    few = {name: crowded[name] for name in ["model 0", "model 1"]}
+    assert {t.get_rotation() for t in viz.plot_results_bars(few).axes[0].texts} == {0.0}
+
+
+# ------------------------------------------------------------------------------------- comparison plots
+
+
+def test_paired_differences_forest_plot_shows_the_t_interval_and_zero(tmp_path):
+    out = tmp_path / "forest.png"
+    differences = {"CoMa - contrastive-only": [1.0, 2.0, 3.0, 6.0], "one run": [0.5]}
+    fig = viz.plot_paired_differences(differences, reference="contrastive-only", title="seeds", save_to=out)
+    assert_png(out)
+    (ax,) = fig.axes
+    assert ax.get_title() == "seeds"
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(differences)
+
+    # mean 3, sd sqrt(14/3); 3.182446 is the Student t 0.975 quantile for 3 degrees of freedom.
+    values = np.array(differences["CoMa - contrastive-only"])
+    half = 3.182446305284263 * values.std(ddof=1) / np.sqrt(values.size)
+    (container,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]  # none for one seed
+    mean_marker, _, (interval,) = container.lines
+    assert (mean_marker.get_xdata()[0], mean_marker.get_ydata()[0]) == (pytest.approx(3.0), 0)
+    (segment,) = interval.get_segments()
+    assert [segment[0][0], segment[1][0]] == pytest.approx([3.0 - half, 3.0 + half])
+    assert 3.0 - half < 0  # this interval holds zero: the seeds do not agree on the sign
+
+    zero_lines = [line for line in ax.lines if list(line.get_xdata()) == [0, 0]]
+    assert len(zero_lines) == 1
+    dots = np.concatenate([collection.get_offsets()[:, 0] for collection in ax.collections
+                           if not isinstance(collection, LineCollection)])
+    assert sorted(dots.tolist()) == [0.5, 1.0, 2.0, 3.0, 6.0]  # every seed is drawn
+    texts = [t.get_text() for t in ax.texts]
+    assert f"+3 [{3 - half:+.3g}, {3 + half:+.3g}]" in texts and "+0.5 (one seed: no interval)" in texts
+    assert "no difference from contrastive-only" in legend_texts(fig.legends[0])
+    with pytest.raises(ValueError, match="finite"):
+        viz.plot_paired_differences({"empty": []})
+
+
+def test_cosine_histogram_shares_bins_and_marks_medians(tmp_path):
+    own = np.linspace(0.4, 0.9, 40)
+    other = np.linspace(-0.2, 0.6, 300)
+    out = tmp_path / "cosines.png"
+    fig = viz.plot_cosine_histogram(own, other, bins=20, title="cosines", save_to=out)
+    assert_png(out)
+    (ax,) = fig.axes
+    other_bars, own_bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    edges = np.histogram_bin_edges(np.concatenate([own, other]), bins=20)
+    for bars in (own_bars, other_bars):
+        assert [bar.get_x() for bar in bars] == pytest.approx(edges[:-1].tolist())
+        assert sum(bar.get_height() * bar.get_width() for bar in bars) == pytest.approx(1.0)  # a density
+    medians = sorted(line.get_xdata()[0] for line in ax.lines)
+    assert medians == pytest.approx(sorted([np.median(own), np.median(other)]))
+    assert legend_texts(ax.get_legend()) == [f"other candidates (median {np.median(other):.2f})",
+                                             f"own target (median {np.median(own):.2f})"]
+    own_density, _ = np.histogram(own, edges, density=True)
+    other_density, _ = np.histogram(other, edges, density=True)
+    overlap = np.sum(np.minimum(own_density, other_density) * np.diff(edges))
+    assert 0.05 < overlap < 0.95
+    assert ax.get_legend().get_title().get_text() == f"overlap {overlap:.0%}"
+
+
+def test_cosine_histogram_overlap_is_zero_apart_and_full_when_equal():
+    apart = viz.plot_cosine_histogram([0.7, 0.8, 0.9], [-0.1, 0.0, 0.1], bins=10)
+    assert apart.axes[0].get_legend().get_title().get_text() == "overlap 0%"
+    same = viz.plot_cosine_histogram([0.1, 0.5, 0.9], [0.9, 0.5, 0.1], bins=10)
+    assert same.axes[0].get_legend().get_title().get_text() == "overlap 100%"
+    with pytest.raises(ValueError, match="own"):
+        viz.plot_cosine_histogram([], [0.1])
 
 
 # ----------------------------------------------------------------------------------- neighbour explorer

@@ -168,9 +168,13 @@ def _retrieval_examples(w: _Writer, rng, task, pool, part, n, style, heldout, n_
             if other not in w.seen and describe(other) not in {describe(h) for h in hard}:
                 w.seen.add(other)
                 hard.append(other)
-        easy = []
-        if part == "eval":
-            easy = [int(j) for j in rng.permutation(n) if texts[j] != texts[i]][: n_candidates - 1 - n_hard]
+        easy: list[int] = []
+        if part == "eval":  # other scenes, none described like the truth, a near-copy or each other
+            taken = {texts[i]} | {describe(h) for h in hard}
+            for j in rng.permutation(n):
+                if len(easy) < n_candidates - 1 - n_hard and texts[j] not in taken:
+                    taken.add(texts[j])
+                    easy.append(int(j))
         if task == "t2i":
             negs = [(IMAGE_TARGET, w.save(h, f"{pool}/{i:05d}_neg{m}.png", part)) for m, h in enumerate(hard)]
             negs += [(IMAGE_TARGET, images[j]) for j in easy]
@@ -249,9 +253,10 @@ def _eval_row(e: _Example, rng, n_candidates: int) -> dict:
             "tgt_text": [t for t, _ in candidates], "tgt_img_path": [p for _, p in candidates], "n_hard": n_hard}
 
 
-FORMAT = 2
-"""The layout of a built folder. 2: eval rows say how many near-copies follow the truth (``n_hard``). A folder
-of another format is rebuilt (same seed, same scenes), never read as if it had the new fields."""
+FORMAT = 3
+"""The layout of a built folder. 2: eval rows say how many near-copies follow the truth (``n_hard``); 3: no
+retrieval row holds two candidates with the same description. A folder of another format is rebuilt (same seed,
+same scenes), never read as if it had the new fields."""
 
 
 def _rng(seed: int, part: str) -> np.random.Generator:

@@ -26,7 +26,7 @@ import shutil
 import time
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -220,7 +220,7 @@ def accuracy_by_question_type(backbone, train: list[Dialogue], heldout: list[Dia
     groups: dict[str, list[Dialogue]] = {}
     for d in heldout:
         for turn in d.turns:
-            groups.setdefault(question_template(turn.question), []).append(Dialogue(turns=(turn,), image=d.image))
+            groups.setdefault(question_template(turn.question), []).append(replace(d, turns=(turn,)))
     blind = blind_by_template(train, heldout)
     out = {}
     for template, turns in sorted(groups.items(), key=lambda kv: -len(kv[1])):
@@ -237,7 +237,7 @@ def description_accuracy(backbone, heldout: list[Dialogue], s1, max_new_tokens: 
     with its image, answered by greedy decoding (``objective.generate_answer``) and read against the true one
     (``shapesworld.language.description_hits``): the fraction of object counts, and of the true objects' sizes,
     colours, shapes and places, said right. Exact match of a whole description is ~0 and says little."""
-    turns = [Dialogue(turns=(t,), image=d.image) for d in heldout for t in d.turns if t.question == DESCRIBE]
+    turns = [replace(d, turns=(t,)) for d in heldout for t in d.turns if t.question == DESCRIBE]
     totals: dict[str, list[int]] = {}
     for dialogue, example in zip(turns, dialogue_examples(backbone.processor, turns, s1, with_compression=False)):
         said = generate_answer(backbone, without_last_answer(example)[0], compression_mask=False,

@@ -1,6 +1,6 @@
 """Pictures for the lessons: the stage-1 attention mask, training curves, similarity matrices, embedding
-spaces, retrieval galleries, benchmark bars, the experiment's budget curve and an interactive neighbour
-explorer.
+spaces, retrieval galleries, benchmark bars, paired differences over seeds, cosine histograms, the
+experiment's budget curve and an interactive neighbour explorer.
 
 Every plotting function takes plain numpy arrays or lists (never a model object), returns the matplotlib
 ``Figure`` and, given ``save_to``, also writes it to that file (a PNG unless the suffix names another
@@ -14,7 +14,10 @@ What is where (import everything from ``comalite.viz`` itself):
 - ``style``: the save resolution ``SAVE_DPI``, the colours and markers, and saving a figure.
 - ``attention_mask``: :func:`plot_attention_mask` and :func:`role_segments` (runs of equal roles).
 - ``figures``: :func:`plot_loss_curves` with :func:`ema_smooth`, :func:`plot_similarity_matrix`,
-  :func:`plot_results_bars`.
+  :func:`plot_results_bars` (error bars from :func:`binomial_interval`, the Wilson interval, and each
+  model's floor as a tick over its own bar).
+- ``compare``: :func:`plot_paired_differences` (a forest plot of per-seed paired differences with their
+  95 % t-intervals) and :func:`plot_cosine_histogram` (own-target against other-candidate cosines).
 - ``space``: :func:`project_2d` (PCA or UMAP) and :func:`plot_embedding_space`.
 - ``gallery``: :func:`plot_query_candidates`, :func:`top_k`, :func:`plot_retrieval_gallery`,
   :func:`plot_search_results` and :func:`neighbour_explorer`.
@@ -27,7 +30,8 @@ import importlib
 
 from .attention_mask import plot_attention_mask, role_segments
 from .budget import plot_budget_curve
-from .figures import ema_smooth, plot_loss_curves, plot_results_bars, plot_similarity_matrix
+from .compare import plot_cosine_histogram, plot_paired_differences
+from .figures import binomial_interval, ema_smooth, plot_loss_curves, plot_results_bars, plot_similarity_matrix
 from .gallery import (
     neighbour_explorer,
     plot_query_candidates,
@@ -68,6 +72,7 @@ __all__ = [
     "MODALITY_MARKERS",
     "ROLE_COLOURS",
     "SAVE_DPI",
+    "binomial_interval",
     "draw_gradcache",
     "draw_infonce",
     "draw_mask_cartoon",
@@ -77,8 +82,10 @@ __all__ = [
     "neighbour_explorer",
     "plot_attention_mask",
     "plot_budget_curve",
+    "plot_cosine_histogram",
     "plot_embedding_space",
     "plot_loss_curves",
+    "plot_paired_differences",
     "plot_results_bars",
     "plot_query_candidates",
     "plot_retrieval_gallery",

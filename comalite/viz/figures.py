@@ -1,5 +1,5 @@
 """Line, matrix and bar plots: training-loss curves (with EMA smoothing), cosine-similarity matrices and
-grouped benchmark bars."""
+grouped benchmark bars (with binomial error bars when the query counts are known)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -125,11 +125,44 @@ def plot_similarity_matrix(
 # ---------------------------------------------------------------------------------------- results bars
 
 
+def binomial_interval(successes_fraction: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a success rate measured on ``n`` trials (95 % for the default ``z``).
+
+    Unlike the textbook ``p ± z·sqrt(p(1-p)/n)`` it stays inside [0, 1] and does not shrink to nothing at
+    0 or 1 correct: 0 of 10 gives (0, 0.278), not (0, 0).
+    """
+    p = float(successes_fraction)
+    if not 0 <= p <= 1:
+        raise ValueError(f"successes_fraction must be in [0, 1], got {p}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    z2n = z * z / n
+    centre = (p + z2n / 2) / (1 + z2n)
+    half = z / (1 + z2n) * np.sqrt(p * (1 - p) / n + z2n / (4 * n))
+    # Clipping only removes rounding error (e.g. -1e-17 at p = 0); the exact interval lies in [0, 1].
+    return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
+
+
+def _labels_collide(fig: Figure, labels: Sequence, gap_points: float = 4.0) -> bool:
+    """Whether any two of ``labels`` (text artists), as drawn now, come closer than ``gap_points``.
+
+    Touching is not enough: "0.521" and "0.52" side by side with no gap read as "0.5210.52".
+    """
+    renderer = fig.canvas.get_renderer()
+    pad = gap_points / 2 * fig.dpi / 72  # window extents are in pixels
+    boxes = [label.get_window_extent(renderer).padded(pad) for label in labels]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
 def plot_results_bars(
     table: Mapping[str, Mapping[str, float]],
     *,
     chance: Mapping[str, float] | None = None,
     chance_label: str = "chance",
+    counts: Mapping[str, Mapping[str, int]] | None = None,
+    scale: float = 1.0,
+    floors: Mapping[str, Mapping[str, float]] | None = None,
+    floor_label: str = "floor",
     title: str | None = None,
     ylabel: str = "score",
     save_to: str | Path | None = None,
@@ -140,30 +173,85 @@ def plot_results_bars(
     ``chance`` draws a dashed line across each column's group at the chance score, labelled ``chance_label``.
     Retrieval chance is better drawn at the honest floor than at 1/candidates: pass an evaluation's
     ``floor_aggregates[model]`` (the higher of 1/candidates and that model's query-blind score, per dataset)
-    with ``chance_label="floor"``.
+    with ``chance_label="floor"``, or, for several models, ``floors``: ``floors[model][column]`` draws a
+    short dotted tick across that model's own bar at its floor (labelled ``floor_label``), so each bar is read
+    against what that model would score ignoring the query. A floor is in the units of the scores.
+
+    ``counts[model][column]`` is how many queries a score averages over; given, each such bar gets a 95 %
+    error bar (:func:`binomial_interval`), and bars without a count get none. The scores are fractions times
+    ``scale`` (1 for fractions, 100 for percentages). A score averaged over datasets is treated as one pool
+    of all their queries, which is close when the datasets are of similar size. When value labels would
+    overlap (many models) they are turned upright.
     """
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
     models = list(table)
     columns = list(dict.fromkeys(column for scores in table.values() for column in scores))
     x = np.arange(len(columns))
     width = 0.8 / max(len(models), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + len(columns) * (0.4 + 0.35 * len(models))), 4.2))
+    labels, tops = [], []
     for j, model in enumerate(models):
         present = [i for i, column in enumerate(columns) if column in table[model]]
         heights = [table[model][columns[i]] for i in present]
-        bars = ax.bar(x[present] - 0.4 + width * (j + 0.5), heights, width, label=model)
-        ax.bar_label(bars, fmt="{:.3g}", fontsize=7, padding=1)
+        centres = x[present] - 0.4 + width * (j + 0.5)
+        ax.bar(centres, heights, width, label=model)
+        bar_tops = list(heights)
+        model_counts = (counts or {}).get(model, {})
+        with_count = [k for k, i in enumerate(present) if columns[i] in model_counts]
+        if with_count:
+            lows, highs = [], []
+            for k in with_count:
+                n = model_counts[columns[present[k]]]
+                try:
+                    low, high = binomial_interval(heights[k] / scale, n)
+                except ValueError as error:
+                    raise ValueError(f"{model}, {columns[present[k]]}: {error} (is scale={scale} right?)") from None
+                lows.append(heights[k] - low * scale)
+                highs.append(high * scale - heights[k])
+                bar_tops[k] = high * scale
+            ax.errorbar(centres[with_count], [heights[k] for k in with_count], yerr=[lows, highs], fmt="none",
+                        ecolor="black", elinewidth=0.9, capsize=2)
+        model_floors = (floors or {}).get(model, {})
+        with_floor = [k for k, i in enumerate(present) if columns[i] in model_floors]
+        if with_floor:
+            levels = [model_floors[columns[present[k]]] for k in with_floor]
+            ax.hlines(levels, centres[with_floor] - width / 2, centres[with_floor] + width / 2, colors="black",
+                      linestyles=(0, (1, 1)), lw=2.0, label=floor_label, gid="floor")
+            floor_label = "_nolegend_"  # one legend entry stands for every model's floor
+            for k, level in zip(with_floor, levels):
+                bar_tops[k] = max(bar_tops[k], level)
+        # Each value sits just above its bar, or above its error bar or floor so neither crosses it.
+        for centre, height, label_at in zip(centres, heights, bar_tops):
+            labels.append(ax.annotate(f"{height:.3g}", (centre, label_at), xytext=(0, 1.5), textcoords="offset points",
+                                      ha="center", va="bottom", fontsize=7))
+        tops.extend(bar_tops)
     for i, column in enumerate(columns):
         if chance and column in chance:
             ax.hlines(chance[column], x[i] - 0.45, x[i] + 0.45, colors="black", linestyles="--", lw=1.2,
                       label=chance_label)
             chance_label = "_nolegend_"  # one legend entry stands for all the chance lines
+            tops.append(chance[column])
     ax.set_xticks(x, columns, rotation=30 if len(columns) > 6 else 0)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     if title:
         ax.set_title(title)
+    # Headroom above the highest bar or whisker for its label, set before measuring where the labels fall.
+    top = max(tops, default=0.0)
+    if top > 0:
+        ax.set_ylim(0, top * 1.1)
+    else:
+        ax.set_ylim(bottom=0)
+    # Whether labels side by side collide depends on their text and the bar width (with the width rule above,
+    # three-decimal labels collide from about 4 models on, percentages later), so measure the drawn labels
+    # rather than count the bars.
+    if labels and _labels_collide(fig, labels):
+        for label in labels:
+            label.set_rotation(90)
+        if top > 0:
+            ax.set_ylim(0, top * 1.22)  # an upright label is taller
     save(fig, save_to)
     return fig
