@@ -20,7 +20,8 @@ Levers (one per run): ``--lr``, ``--steps``; ``--oracle`` replaces each image to
 probe reads from it (row, column, colour, shape, size as one-hots: what the tokens hold, with no noise);
 ``--text`` gives the scene as its description instead of an image (``--copy`` adds the description asked back:
 a dense copy task); ``--grid-captions N`` adds N scenes captioned place first (``grid_caption``);
-``--pretrain-text STEPS`` first trains the LM on text lessons (``pretrain_on_text``); ``--whiten E`` whitens the image tokens (shrunk by E times the mean eigenvalue, through the
+``--pretrain-text STEPS`` first trains the LM on text lessons (``pretrain_on_text``); ``--curriculum STEPS``
+first on the family's questions about one-object scenes; ``--whiten E`` whitens the image tokens (shrunk by E times the mean eigenvalue, through the
 merger's last layer); ``--train-vision`` unfreezes the ViT. Held-out scenes, per question type, against the
 honest blind (``tiny.build.blind_by_template``). Numbers to ``--out`` (default
 ``benchmarks/results/stage0_lookup/<tag>.json``) and stdout. One thread; a run of 600 steps takes ~5 min.
@@ -279,6 +280,8 @@ def run(args) -> dict:
 
 def run_in(work: Path, args) -> dict:
     from comalite.backbone import load_backbone
+    from dataclasses import replace
+
     from comalite.config import ModelConfig, TrainConfig, load_config
     from comalite.objective import LMObjective, train_lm
     from comalite.records import Dialogue, Turn
@@ -317,6 +320,12 @@ def run_in(work: Path, args) -> dict:
     train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.stage0_lr or args.lr,
                             warmup_ratio=0.05, save_every=0, log_every=50, weight_decay=0.01)
     start = time.perf_counter()
+    if args.curriculum:  # the family's questions on one-object scenes first: which object is the one to read is
+        # never in doubt, only whether its place is the one asked about
+        one = family_turns(stage0_dialogues(work / "one", args.scenes, 5, size, 5, 2, n_objects=1), args.family)
+        history = train_lm(backbone, one, replace(train_cfg, steps=args.curriculum), work / "one_run", objective,
+                           desc="one object")
+        extra["curriculum"] = {"steps": args.curriculum, "loss_every_50": [round(h["loss"], 4) for h in history[::50]]}
     if args.pretrain_text:
         extra["text_pretraining"] = pretrain_on_text(backbone, cfg, args, work / "text")
         for name, row in extra["text_pretraining"]["by_type"].items():
@@ -353,6 +362,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--stage0-lr", type=float, default=0.0,
                         help="learning rate of the image stage alone (default --lr; after --pretrain-text, 3e-3 spikes)")
+    parser.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
+                        help="first train this many steps on the family's questions about one-object scenes")
     parser.add_argument("--grid-captions", type=int, default=0, metavar="N",
                         help="add N scenes captioned place first, in reading order (grid_caption)")
     parser.add_argument("--oracle", action="store_true", help="exact labels as image tokens")
@@ -370,6 +381,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.copy and not args.text:
         parser.error("--copy needs --text")
+    if args.text and (args.curriculum or args.grid_captions):
+        parser.error("--curriculum and --grid-captions train on images, not with --text")
     report = run(args)
     out = Path(args.out) if args.out else RESULTS / f"{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

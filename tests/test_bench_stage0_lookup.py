@@ -12,8 +12,9 @@ def _bench():
     return load_script("benchmarks/bench_stage0_lookup.py")
 
 
-@pytest.mark.parametrize("mode", [[], ["--text"], ["--oracle"], ["--grid-captions", "6"], ["--pretrain-text", "2"]],
-                         ids=["image", "text", "oracle", "grid_captions", "pretrain_text"])
+@pytest.mark.parametrize("mode", [[], ["--text"], ["--oracle"], ["--grid-captions", "6"], ["--pretrain-text", "2"],
+                                  ["--curriculum", "2"]],
+                         ids=["image", "text", "oracle", "grid_captions", "pretrain_text", "curriculum"])
 def test_a_short_run_scores_every_question_of_its_family(tiny_checkpoint, tmp_path, mode):
     bench = _bench()
     out = tmp_path / "run.json"
@@ -26,6 +27,8 @@ def test_a_short_run_scores_every_question_of_its_family(tiny_checkpoint, tmp_pa
     assert ("oracle_probe_accuracy" in report) == ("--oracle" in mode)
     if "--grid-captions" in mode:  # the captions train, they are not scored
         assert report["train_sequences"] > report["test_answers"] and report["settings"]["grid_captions"] == 6
+    if "--curriculum" in mode:
+        assert report["curriculum"]["steps"] == 2 and len(report["curriculum"]["loss_every_50"]) == 1
     if "--pretrain-text" in mode:  # the text stage scores each question type once after its description
         text = report["text_pretraining"]
         assert text["steps"] == 2 and len(text["loss_every_50"]) == 1

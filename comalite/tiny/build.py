@@ -155,17 +155,18 @@ def tiny_qwen2vl_config(tokenizer, tc: TinyConfig) -> Qwen2VLConfig:
 
 
 def stage0_dialogues(folder: Path, n: int, seed: int, image_size: int, n_turns: int,
-                     language: int = 1) -> list[Dialogue]:
+                     language: int = 1, n_objects: int | None = None) -> list[Dialogue]:
     """``n`` more ShapesWorld scenes for stage 0, drawn as stage 1's are (1-4 objects, never a held-out
     colour/shape combination) but from a stream of their own, their images written as PNG under ``folder``,
     each asked ``n_turns`` questions of different types (no description): stage 0 then sees many more
     distinct images than the stage-1 set's, each a few times instead of many times. ``language``: ShapesWorld's
-    question language (``DataConfig.language``; 2 = balanced answers)."""
+    question language (``DataConfig.language``; 2 = balanced answers); ``n_objects``: that many objects in every
+    scene (default 1-4)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, zlib.crc32(b"tiny stage 0")])
     out = []
     for i in range(n):
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, n_objects=n_objects)
         path = folder / f"{i:06d}.png"
         render(scene, image_size).save(path, format="PNG", compress_level=1)
         out.append(Dialogue(turns=qa_dialogue(scene, rng, n_turns, language), image=str(path)))
