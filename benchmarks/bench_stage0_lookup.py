@@ -325,7 +325,15 @@ def run_in(work: Path, args) -> dict:
         one = family_turns(stage0_dialogues(work / "one", args.scenes, 5, size, 5, 2, n_objects=1), args.family)
         history = train_lm(backbone, one, replace(train_cfg, steps=args.curriculum), work / "one_run", objective,
                            desc="one object")
-        extra["curriculum"] = {"steps": args.curriculum, "loss_every_50": [round(h["loss"], 4) for h in history[::50]]}
+        one_test = family_turns(stage0_dialogues(work / "one_test", args.scenes // 15, 9, size, 5, 2, n_objects=1),
+                                args.family)
+        extra["curriculum"] = {"steps": args.curriculum, "loss_every_50": [round(h["loss"], 4) for h in history[::50]],
+                               "by_type": {k: {"answers": v["answers"], "accuracy": v["accuracy"], "blind": v["blind"]}
+                                           for k, v in accuracy_by_question_type(backbone, one, one_test,
+                                                                                 cfg.stage1).items()}}
+        for name, row in extra["curriculum"]["by_type"].items():
+            print(f"one object: {100 * row['accuracy']:5.1f} % (blind {100 * row['blind']:4.1f}, {row['answers']} "
+                  f"answers)  {name}", flush=True)
     if args.pretrain_text:
         extra["text_pretraining"] = pretrain_on_text(backbone, cfg, args, work / "text")
         for name, row in extra["text_pretraining"]["by_type"].items():

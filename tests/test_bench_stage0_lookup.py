@@ -28,7 +28,8 @@ def test_a_short_run_scores_every_question_of_its_family(tiny_checkpoint, tmp_pa
     if "--grid-captions" in mode:  # the captions train, they are not scored
         assert report["train_sequences"] > report["test_answers"] and report["settings"]["grid_captions"] == 6
     if "--curriculum" in mode:
-        assert report["curriculum"]["steps"] == 2 and len(report["curriculum"]["loss_every_50"]) == 1
+        one = report["curriculum"]
+        assert one["steps"] == 2 and len(one["loss_every_50"]) == 1 and set(one["by_type"]) <= set(bench.FAMILIES["place"])
     if "--pretrain-text" in mode:  # the text stage scores each question type once after its description
         text = report["text_pretraining"]
         assert text["steps"] == 2 and len(text["loss_every_50"]) == 1
