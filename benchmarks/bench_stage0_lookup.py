@@ -202,12 +202,12 @@ def text_scenes(n: int, seed: int):
 
 
 def family_turns(dialogues, family: str):
-    """One dialogue per turn of the family's question templates."""
-    from comalite.records import Dialogue
+    """One dialogue per turn of the family's question templates (its image, text and meta kept)."""
+    from dataclasses import replace
+
     from comalite.shapesworld import question_template
 
-    return [Dialogue(turns=(t,), image=d.image, text=d.text) for d in dialogues for t in d.turns
-            if question_template(t.question) in FAMILIES[family]]
+    return [replace(d, turns=(t,)) for d in dialogues for t in d.turns if question_template(t.question) in FAMILIES[family]]
 
 
 def text_lessons(n: int, seed: int):
@@ -266,6 +266,56 @@ def accuracy_by_question_type_in_context(backbone, train, test, layout) -> dict:
             ex.roles = [CONTEXT if r == ANSWER and i < last else r for i, r in enumerate(ex.roles)]
         out[template] = {"answers": len(dialogues), "blind": blind[template]["blind"],
                          "accuracy": answer_accuracy(backbone, examples, compression_mask=False)["accuracy"]}
+    return out
+
+
+def probe_places(backbone, turns, s1) -> dict:
+    """Where does "Is there an object {place}?" break on one-object scenes? Layer by layer, at the position that
+    predicts the answer, linear probes (fit on 70 % of ``turns``, scored on the rest) for the place the question
+    asks (9-way), the place of the scene's one object (9-way) and the answer. Both places readable but not the
+    answer: the LM holds both and fails to compare them; the asked place unreadable: it never takes it in."""
+    from comalite.sequence import ANSWER, collate, dialogue_examples
+    from comalite.shapesworld.scene import POSITIONS, position_name
+
+    turns = [d for d in turns if d.turns[0].question.startswith("Is there an object ") and len(d.meta["cells"]) == 1]
+    asked = [d.turns[0].question.removeprefix("Is there an object ").rstrip("?") for d in turns]
+    labels = {"asked place": [POSITIONS.index(a.removeprefix("at the ").removeprefix("in the ")) for a in asked],
+              "object's place": [POSITIONS.index(position_name(*d.meta["cells"][0])) for d in turns],
+              "answer": [int(d.turns[0].answer == "yes") for d in turns]}
+    layers = backbone.hf.model.language_model.layers
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [layer.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, o[0] if isinstance(o, tuple) else o))
+             for k, layer in enumerate(layers)]
+    states: dict[int, list] = {k: [] for k in range(len(layers))}
+    examples = dialogue_examples(backbone.processor, turns, s1, with_compression=False)
+    backbone.eval()
+    try:
+        for start in range(0, len(examples), 32):
+            batch = collate(examples[start:start + 32], backbone.processor.tokenizer.pad_token_id)
+            with torch.no_grad():
+                backbone.hidden_states(batch)
+            at = (batch["roles"] == ANSWER).int().argmax(1) - 1  # the position whose output is the first answer token
+            for k, hidden in captured.items():
+                states[k].append(hidden[torch.arange(len(at)), at].float())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    order = torch.randperm(len(turns), generator=torch.Generator().manual_seed(0))
+    fit, held = order[: int(0.7 * len(turns))], order[int(0.7 * len(turns)):]
+    out = {"turns": len(turns)}
+    for k, chunks in states.items():
+        x = torch.cat(chunks)
+        x = (x - x[fit].mean(0)) / (x[fit].std(0) + 1e-6)
+        for name, y in labels.items():
+            y = torch.tensor(y)
+            probe = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
+            optimizer = torch.optim.Adam(probe.parameters(), 1e-2, weight_decay=1e-3)
+            for _ in range(300):
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(probe(x[fit]), y[fit]).backward()
+                optimizer.step()
+            with torch.no_grad():
+                out.setdefault(name, []).append(round(float((probe(x[held]).argmax(-1) == y[held]).float().mean()), 3))
     return out
 
 
@@ -331,6 +381,10 @@ def run_in(work: Path, args) -> dict:
                                "by_type": {k: {"answers": v["answers"], "accuracy": v["accuracy"], "blind": v["blind"]}
                                            for k, v in accuracy_by_question_type(backbone, one, one_test,
                                                                                  cfg.stage1).items()}}
+        if args.probe:
+            extra["probe"] = probe_places(backbone, family_turns(stage0_dialogues(
+                work / "probe", max(40, args.scenes // 4), 11, size, 5, 2, n_objects=1), args.family), cfg.stage1)
+            print("probes, layer by layer:", extra["probe"], flush=True)
         for name, row in extra["curriculum"]["by_type"].items():
             print(f"one object: {100 * row['accuracy']:5.1f} % (blind {100 * row['blind']:4.1f}, {row['answers']} "
                   f"answers)  {name}", flush=True)
@@ -372,6 +426,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="learning rate of the image stage alone (default --lr; after --pretrain-text, 3e-3 spikes)")
     parser.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
                         help="first train this many steps on the family's questions about one-object scenes")
+    parser.add_argument("--probe", action="store_true",
+                        help="with --curriculum: probe each layer for the asked place, the object's place, the answer")
     parser.add_argument("--grid-captions", type=int, default=0, metavar="N",
                         help="add N scenes captioned place first, in reading order (grid_caption)")
     parser.add_argument("--oracle", action="store_true", help="exact labels as image tokens")
@@ -389,6 +445,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.copy and not args.text:
         parser.error("--copy needs --text")
+    if args.probe and not args.curriculum:
+        parser.error("--probe needs --curriculum (it probes the one-object phase)")
     if args.text and (args.curriculum or args.grid_captions):
         parser.error("--curriculum and --grid-captions train on images, not with --text")
     report = run(args)

@@ -13,7 +13,7 @@ def _bench():
 
 
 @pytest.mark.parametrize("mode", [[], ["--text"], ["--oracle"], ["--grid-captions", "6"], ["--pretrain-text", "2"],
-                                  ["--curriculum", "2"]],
+                                  ["--curriculum", "2", "--probe"]],
                          ids=["image", "text", "oracle", "grid_captions", "pretrain_text", "curriculum"])
 def test_a_short_run_scores_every_question_of_its_family(tiny_checkpoint, tmp_path, mode):
     bench = _bench()
@@ -30,6 +30,9 @@ def test_a_short_run_scores_every_question_of_its_family(tiny_checkpoint, tmp_pa
     if "--curriculum" in mode:
         one = report["curriculum"]
         assert one["steps"] == 2 and len(one["loss_every_50"]) == 1 and set(one["by_type"]) <= set(bench.FAMILIES["place"])
+        probe = report["probe"]  # one held-out accuracy per layer of the LM for each thing probed
+        assert probe["turns"] > 0 and all(len(probe[k]) == 4 and all(0 <= a <= 1 for a in probe[k])
+                                          for k in ("asked place", "object's place", "answer"))
     if "--pretrain-text" in mode:  # the text stage scores each question type once after its description
         text = report["text_pretraining"]
         assert text["steps"] == 2 and len(text["loss_every_50"]) == 1
@@ -46,9 +49,10 @@ def test_grid_captions_name_each_object_place_first_in_reading_order():
                                          "bottom center: a small red star.")
 
 
-def test_copy_needs_text(tiny_checkpoint):
+@pytest.mark.parametrize("flags", [["--copy"], ["--probe"], ["--text", "--curriculum", "2"]])
+def test_levers_that_need_another_are_refused(tiny_checkpoint, flags):
     with pytest.raises(SystemExit):
-        _bench().main(["--vision-from", str(tiny_checkpoint), "--tag", "t", "--copy"])
+        _bench().main(["--vision-from", str(tiny_checkpoint), "--tag", "t", *flags])
 
 
 def test_family_turns_keep_one_turn_per_sequence_of_the_family():

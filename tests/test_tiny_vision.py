@@ -108,6 +108,9 @@ def test_stage0_dialogues_ask_distinct_questions_about_fresh_images(tmp_path):
         assert len(d.turns) == 6 and len({t.question for t in d.turns}) == 6
         assert all(t.question != DESCRIBE for t in d.turns)
         assert Image.open(d.image).size == (112, 112)
+        assert 1 <= len(d.meta["cells"]) == len(set(d.meta["cells"])) <= 4  # its objects' cells, for probes
+    one = stage0_dialogues(tmp_path / "one", 3, seed=0, image_size=112, n_turns=2, n_objects=1)
+    assert all(len(d.meta["cells"]) == 1 for d in one)
     again = stage0_dialogues(tmp_path / "again", 3, seed=0, image_size=112, n_turns=6)
     assert [d.turns for d in again] == [d.turns for d in dialogues]  # seeded
 

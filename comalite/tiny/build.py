@@ -169,7 +169,8 @@ def stage0_dialogues(folder: Path, n: int, seed: int, image_size: int, n_turns: 
         scene = sample_scene(rng, n_objects=n_objects)
         path = folder / f"{i:06d}.png"
         render(scene, image_size).save(path, format="PNG", compress_level=1)
-        out.append(Dialogue(turns=qa_dialogue(scene, rng, n_turns, language), image=str(path)))
+        out.append(Dialogue(turns=qa_dialogue(scene, rng, n_turns, language), image=str(path),
+                            meta={"cells": [(o.row, o.col) for o in scene.objects]}))  # for probes of place
     return out
 
 
