@@ -5,6 +5,7 @@
     python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag text --text      # the scene as a sentence
     python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag grid_captions --grid-captions 3000
     python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag text_pretrain --pretrain-text 600 --stage0-lr 1e-3
+    python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag curriculum_600 --curriculum 600 --steps 2 --probe
 
 Every build of the tiny VLM lands at the same ceiling (``benchmarks/README.md``, "Stage-0 levers"): it answers
 what needs the scene as a whole (how many objects) and not what needs one object picked out ("Is there an object
@@ -20,10 +21,13 @@ Levers (one per run): ``--lr``, ``--steps``; ``--oracle`` replaces each image to
 probe reads from it (row, column, colour, shape, size as one-hots: what the tokens hold, with no noise);
 ``--text`` gives the scene as its description instead of an image (``--copy`` adds the description asked back:
 a dense copy task); ``--grid-captions N`` adds N scenes captioned place first (``grid_caption``);
-``--pretrain-text STEPS`` first trains the LM on text lessons (``pretrain_on_text``); ``--curriculum STEPS``
-first on the family's questions about one-object scenes; ``--whiten E`` whitens the image tokens (shrunk by E times the mean eigenvalue, through the
-merger's last layer); ``--train-vision`` unfreezes the ViT. Held-out scenes, per question type, against the
-honest blind (``tiny.build.blind_by_template``). Numbers to ``--out`` (default
+``--pretrain-text STEPS`` first trains the LM on text lessons (``pretrain_on_text``; ``--stage0-lr`` then sets
+the image stage's own rate); ``--curriculum STEPS`` first on the family's questions about one-object scenes, scored
+on its own (``--probe`` adds linear probes of that phase, ``probe_places``); ``--lm FIELD=INT`` changes the
+language model's shape; ``--whiten E`` whitens the image tokens (shrunk by E times the mean eigenvalue, through
+the merger's last layer); ``--train-vision`` unfreezes the ViT. Held-out scenes, per question type, against the
+honest blind (``tiny.build.blind_by_template``) and, for the place family, the bag of objects
+(``bag_of_objects``). Numbers to ``--out`` (default
 ``benchmarks/results/stage0_lookup/<tag>.json``) and stdout. One thread; a run of 600 steps takes ~5 min.
 """
 from __future__ import annotations

@@ -143,6 +143,15 @@ def binomial_interval(successes_fraction: float, n: int, z: float = 1.96) -> tup
     return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
 
 
+def _scaled_interval(score: float, n: int, scale: float, where: str) -> tuple[float, float]:
+    """``binomial_interval`` of a score given in units of ``scale`` (100 for percentages), in those units."""
+    try:
+        low, high = binomial_interval(score / scale, n)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error} (is scale={scale} right?)") from None
+    return low * scale, high * scale
+
+
 def _labels_collide(fig: Figure, labels: Sequence, gap_points: float = 4.0) -> bool:
     """Whether any two of ``labels`` (text artists), as drawn now, come closer than ``gap_points``.
 
@@ -200,18 +209,14 @@ def plot_results_bars(
         model_counts = (counts or {}).get(model, {})
         with_count = [k for k, i in enumerate(present) if columns[i] in model_counts]
         if with_count:
-            lows, highs = [], []
-            for k in with_count:
-                n = model_counts[columns[present[k]]]
-                try:
-                    low, high = binomial_interval(heights[k] / scale, n)
-                except ValueError as error:
-                    raise ValueError(f"{model}, {columns[present[k]]}: {error} (is scale={scale} right?)") from None
-                lows.append(heights[k] - low * scale)
-                highs.append(high * scale - heights[k])
-                bar_tops[k] = high * scale
-            ax.errorbar(centres[with_count], [heights[k] for k in with_count], yerr=[lows, highs], fmt="none",
-                        ecolor="black", elinewidth=0.9, capsize=2)
+            intervals = [_scaled_interval(heights[k], model_counts[columns[present[k]]], scale,
+                                          f"{model}, {columns[present[k]]}") for k in with_count]
+            ax.errorbar(centres[with_count], [heights[k] for k in with_count], fmt="none", ecolor="black",
+                        yerr=[[heights[k] - low for k, (low, _) in zip(with_count, intervals)],
+                              [high - heights[k] for k, (_, high) in zip(with_count, intervals)]],
+                        elinewidth=0.9, capsize=2)
+            for k, (_, high) in zip(with_count, intervals):
+                bar_tops[k] = high
         model_floors = (floors or {}).get(model, {})
         with_floor = [k for k, i in enumerate(present) if columns[i] in model_floors]
         if with_floor:
