@@ -6,6 +6,8 @@
     python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag grid_captions --grid-captions 3000
     python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag text_pretrain --pretrain-text 600 --stage0-lr 1e-3
     python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag curriculum_600 --curriculum 600 --steps 2 --probe
+    python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --tag point_layer1 --point 1  # grounding loss
+    python benchmarks/bench_stage0_lookup.py --vision-from data/tiny-vlm --family all --tag all_point --point 1
 
 Every build of the tiny VLM lands at the same ceiling (``benchmarks/README.md``, "Stage-0 levers"): it answers
 what needs the scene as a whole (how many objects) and not what needs one object picked out ("Is there an object
@@ -15,11 +17,15 @@ model (the tiny recipe's tokenizer and LM, ``TinyConfig``) on the pre-trained Vi
 sequence) on 6,000 seeded scenes (``--scenes``; 400 held out), but only on the questions of ``--family``:
 
 - ``place``: "Is there an object {place}?", "What color/shape is the object {place}?" (a lookup by position);
-- ``object``: "Is there a {object}?", "What color is the {shape}?", "What shape is the {color} object?".
+- ``object``: "Is there a {object}?", "What color is the {shape}?", "What shape is the {color} object?";
+- ``all``: every short question (no description), as a full stage 0 asks them.
 
 Levers (one per run): ``--lr``, ``--steps``; ``--oracle`` replaces each image token by the exact labels a linear
 probe reads from it (row, column, colour, shape, size as one-hots: what the tokens hold, with no noise);
-``--text`` gives the scene as its description instead of an image (``--copy`` adds the description asked back:
+``--point LAYER`` adds stage 0's grounding loss (``tiny.pointing``: heads of that layer learn to attend, from
+the position that predicts the answer, to the image tokens of the place or object asked about; ``--point-heads``
+which head for questions naming a place, an object, a count); ``--text`` gives the scene as
+its description instead of an image (``--copy`` adds the description asked back:
 a dense copy task); ``--grid-captions N`` adds N scenes captioned place first (``grid_caption``);
 ``--pretrain-text STEPS`` first trains the LM on text lessons (``pretrain_on_text``; ``--stage0-lr`` then sets
 the image stage's own rate); ``--curriculum STEPS`` first on the family's questions about one-object scenes, scored
@@ -49,6 +55,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "stage0_lookup"
 FAMILIES = {
     "place": ("Is there an object {place}?", "What color is the object {place}?", "What shape is the object {place}?"),
     "object": ("Is there a {object}?", "What color is the {shape}?", "What shape is the {color} object?"),
+    "all": (),  # every short question: what a full stage 0 asks (no description)
 }
 
 
@@ -209,9 +216,10 @@ def family_turns(dialogues, family: str):
     """One dialogue per turn of the family's question templates (its image, text and meta kept)."""
     from dataclasses import replace
 
-    from comalite.shapesworld import question_template
+    from comalite.shapesworld import DESCRIBE, question_template
 
-    return [replace(d, turns=(t,)) for d in dialogues for t in d.turns if question_template(t.question) in FAMILIES[family]]
+    return [replace(d, turns=(t,)) for d in dialogues for t in d.turns
+            if question_template(t.question) in FAMILIES[family] or (family == "all" and t.question != DESCRIBE)]
 
 
 def text_lessons(n: int, seed: int):
@@ -341,6 +349,7 @@ def run_in(work: Path, args) -> dict:
     from comalite.records import Dialogue, Turn
     from comalite.shapesworld import DESCRIBE
     from comalite.tiny.build import accuracy_by_question_type, stage0_dialogues
+    from comalite.tiny.pointing import Pointing, PointingLoss
 
     torch.set_num_threads(1)
     size = json.loads((Path(args.vision_from) / "tiny_report.json").read_text())["config"]["image_size"]
@@ -349,7 +358,8 @@ def run_in(work: Path, args) -> dict:
     pixels = size * size
     backbone = load_backbone(ModelConfig(backbone=str(model_dir), quantization="none", dtype="fp32", device="cpu",
                                          n_compress=0, gradient_checkpointing=False, min_pixels=pixels // 4,
-                                         max_pixels=pixels, cpu_threads=1, vision_cache_mb=512),
+                                         max_pixels=pixels, cpu_threads=1, vision_cache_mb=512,
+                                         attn_implementation="eager" if args.point is not None else "sdpa"),
                              train_adapter=None, train_compression=False)
     backbone.hf.requires_grad_(True)
     backbone.visual.requires_grad_(args.train_vision)
@@ -370,7 +380,10 @@ def run_in(work: Path, args) -> dict:
         if args.grid_captions:
             train += caption_dialogues(work / "captions", args.grid_captions, 0, size)
             random.Random(0).shuffle(train)
-    objective = LMObjective(layout=cfg.stage1, compression_mask=False, with_compression=False, supervise="answers")
+    heads = dict(zip(("place_head", "object_head", "count_head"), args.point_heads))
+    pointing = (PointingLoss(backbone, Pointing(layer=args.point, **heads)),) if args.point is not None else ()
+    objective = LMObjective(layout=cfg.stage1, compression_mask=False, with_compression=False, supervise="answers",
+                            auxiliary=pointing)
     train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.stage0_lr or args.lr,
                             warmup_ratio=0.05, save_every=0, log_every=50, weight_decay=0.01)
     start = time.perf_counter()
@@ -418,6 +431,17 @@ def lm_field(text: str) -> tuple[str, int]:
     return name, int(value)
 
 
+def point_heads(text: str) -> list[int]:
+    """``--point-heads``'s P,O,C."""
+    try:
+        heads = [int(h) for h in text.split(",")]
+    except ValueError:
+        heads = []
+    if len(heads) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: give three heads as P,O,C, e.g. 0,1,2 (-1: none)")
+    return heads
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vision-from", required=True, help="a tiny checkpoint whose pre-trained ViT to use")
@@ -434,6 +458,11 @@ def main(argv: list[str] | None = None) -> dict:
                         help="with --curriculum: probe each layer for the asked place, the object's place, the answer")
     parser.add_argument("--grid-captions", type=int, default=0, metavar="N",
                         help="add N scenes captioned place first, in reading order (grid_caption)")
+    parser.add_argument("--point", type=int, metavar="LAYER",
+                        help="stage 0's grounding loss on head 0 of this layer (tiny.pointing; --text has no image)")
+    parser.add_argument("--point-heads", type=point_heads, default=[0, 1, 2], metavar="P,O,C",
+                        help="with --point: the heads that point for questions naming a place, an object, a count "
+                             "(-1: none; default 0,1,2)")
     parser.add_argument("--oracle", action="store_true", help="exact labels as image tokens")
     parser.add_argument("--text", action="store_true", help="the scene as its description, no image")
     parser.add_argument("--copy", action="store_true", help="with --text: add the description asked back")
@@ -451,8 +480,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--copy needs --text")
     if args.probe and not args.curriculum:
         parser.error("--probe needs --curriculum (it probes the one-object phase)")
-    if args.text and (args.curriculum or args.grid_captions):
-        parser.error("--curriculum and --grid-captions train on images, not with --text")
+    if args.text and (args.curriculum or args.grid_captions or args.point is not None):
+        parser.error("--curriculum, --grid-captions and --point train on images, not with --text")
     report = run(args)
     out = Path(args.out) if args.out else RESULTS / f"{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,10 +30,10 @@ from .pooling import POOLINGS
 from .records import META_TASKS
 
 LANGUAGES = (1, 2)
-"""ShapesWorld's question languages (``data.language``): 1 = as the shipped tiny VLM was built (a question drawn
-uniformly among a type's questions, so answers follow the scene's statistics: "no" for most places and
-colour/shape combinations, "zero" for most colours); 2 = balanced answers and leak-free dialogues
-(``comalite.shapesworld.asking``)."""
+"""ShapesWorld's question languages (``data.language``): 1 = the first one (a question drawn uniformly among a
+type's questions, so answers follow the scene's statistics: "no" for most places and colour/shape combinations,
+"zero" for most colours); 2, the default and what the shipped tiny VLM is built on = balanced answers and leak-free
+dialogues (``comalite.shapesworld.asking``)."""
 
 BOOKKEEPING = ("root", "image_root", "backbone", "dialogues", "device", "cpu_threads", "vision_cache_mb",
                "save_every", "log_every")
@@ -97,8 +97,7 @@ class DataConfig:
     n_train_per_subset: int = 1000
     n_eval_queries: int = 100
     n_candidates: int = 10
-    language: int = 1                 # ShapesWorld question language: 1 = as the shipped tiny VLM was built;
-                                      # 2 = balanced answers, leak-free dialogues (comalite.shapesworld.asking)
+    language: int = 2                 # ShapesWorld question language (LANGUAGES): 2 = balanced, leak-free; 1 = the first
     workers: str = "auto"             # threads that read and process images ahead of training and evaluation
                                       # (comalite.prefetch): a number (0 = in turn, in the main thread), or "auto"
                                       # = min(8, cores - 1) on a GPU, 0 on a CPU (the step's threads use every core)

@@ -117,15 +117,18 @@ def generate_answer(backbone: Backbone, example: Example, *, compression_mask: b
 class LMObjective:
     """What a next-token stage learns from: how a dialogue becomes a sequence (``layout``: the prompts and
     the maximum length of ``Stage1Config``), whether the compression tokens are in it and the compression
-    mask is on, which tokens are supervised, and whether the turns of a dialogue are hidden from each other
-    (``separate_turns``: independent questions about one image packed into one sequence). Stage 1 is
-    ``for_stage1``; the tiny VLM's stage 0 is next-token training with no compression tokens."""
+    mask is on, which tokens are supervised, whether the turns of a dialogue are hidden from each other
+    (``separate_turns``: independent questions about one image packed into one sequence), and ``auxiliary``
+    losses added to the next-token loss after each forward pass, each called as ``aux(dialogues, examples)``
+    (the tiny VLM's ``tiny.pointing.PointingLoss``). Stage 1 is ``for_stage1``; the tiny VLM's stage 0 is
+    next-token training with no compression tokens."""
 
     layout: Stage1Config
     compression_mask: bool = True
     with_compression: bool = True
     supervise: str = "answers"
     separate_turns: bool = False
+    auxiliary: tuple[Callable[[list[Dialogue], list[Example]], torch.Tensor], ...] = ()
 
     @classmethod
     def for_stage1(cls, s1: Stage1Config) -> "LMObjective":
@@ -168,7 +171,8 @@ def lm_step(backbone: Backbone, dialogues: list[Dialogue], train: TrainConfig,
             examples = dialogue_examples(backbone.processor, batch, objective.layout,
                                          with_compression=objective.with_compression, images=images)
             loss = lm_loss(backbone, collate(examples, pad_id), compression_mask=objective.compression_mask,
-                           supervise=objective.supervise, separate_turns=objective.separate_turns) / len(mine)
+                           supervise=objective.supervise, separate_turns=objective.separate_turns)
+            loss = (loss + sum(aux(batch, examples) for aux in objective.auxiliary)) / len(mine)
             loss.backward()
             total += loss.item()
         return total

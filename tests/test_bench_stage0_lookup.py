@@ -13,8 +13,8 @@ def _bench():
 
 
 @pytest.mark.parametrize("mode", [[], ["--text"], ["--oracle"], ["--grid-captions", "6"], ["--pretrain-text", "2"],
-                                  ["--curriculum", "2", "--probe"]],
-                         ids=["image", "text", "oracle", "grid_captions", "pretrain_text", "curriculum"])
+                                  ["--curriculum", "2", "--probe"], ["--point", "1"]],
+                         ids=["image", "text", "oracle", "grid_captions", "pretrain_text", "curriculum", "point"])
 def test_a_short_run_scores_every_question_of_its_family(tiny_checkpoint, tmp_path, mode):
     bench = _bench()
     out = tmp_path / "run.json"
@@ -25,6 +25,7 @@ def test_a_short_run_scores_every_question_of_its_family(tiny_checkpoint, tmp_pa
     assert all(0 <= row["accuracy"] <= 1 and row["answers"] > 0 for row in report["by_type"].values())
     assert report["train_sequences"] > 0 and len(report["loss_every_50"]) == 1
     assert ("oracle_probe_accuracy" in report) == ("--oracle" in mode)
+    assert report["settings"]["point"] == (1 if "--point" in mode else None)
     if "--grid-captions" in mode:  # the captions train, they are not scored
         assert report["train_sequences"] > report["test_answers"] and report["settings"]["grid_captions"] == 6
     if "--curriculum" in mode:
@@ -80,3 +81,11 @@ def test_bag_of_objects_names_the_only_object_right_and_shares_ties(monkeypatch)
     bag = bench.bag_of_objects(200, 0)
     assert bag["What color is the object {place}?"] == bag["What shape is the object {place}?"] == 0.5  # a tie
     assert 0.5 <= bag["Is there an object {place}?"] <= 1.0
+
+
+def test_point_heads_take_three_heads(capsys):
+    bench = _bench()
+    assert bench.point_heads("0,1,-1") == [0, 1, -1]
+    with pytest.raises(SystemExit):
+        bench.main(["--vision-from", "x", "--tag", "t", "--point", "1", "--point-heads", "0,1"])
+    assert "give three heads as P,O,C" in capsys.readouterr().err

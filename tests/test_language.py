@@ -51,11 +51,11 @@ def test_language_1_is_byte_identical_to_the_shipped_language(tmp_path):
         "bbdb3f5309da6b68d326948f3c8c95be0955018ab9ec3fa3c2d3c2924ddedf9c"
 
 
-def test_the_setting_defaults_to_1_and_keys_the_data_folder(tmp_path):
-    assert load_config("tiny").data.language == 1 and load_config("tiny-smoke").data.language == 1
-    assert load_config("tiny-smoke", ["data.language=2"]).data.language == 2
+def test_the_setting_defaults_to_2_and_keys_the_data_folder(tmp_path):
+    assert load_config("tiny").data.language == 2 and load_config("tiny-smoke").data.language == 2
+    assert load_config("tiny-smoke", ["data.language=1"]).data.language == 1
     small = dict(seed=1, n_stage1_images=12, n_train_per_subset=4, n_eval_queries=8, n_candidates=4, image_size=56)
-    first = build_shapesworld(tmp_path / "sw", **small)
+    first = build_shapesworld(tmp_path / "sw", **small)  # build_shapesworld's own default stays language 1
     lines1 = (tmp_path / "sw/stage1/dialogues.jsonl").read_text()
     second = build_shapesworld(tmp_path / "sw", **small, language=2)  # a switch rebuilds, never reuses
     assert second["params"]["language"] == 2 and first["params"] != second["params"]

@@ -60,15 +60,17 @@ def _strip(text: str, prefix: str) -> str:
     return text[len(prefix):]
 
 
-def _task(data_root, name):
+def _task(data_root, name, keep=None):
     """(mteb task, comalite's query inputs, comalite's corpus inputs, gold corpus index per query) for one
-    ShapesWorld eval set. The mteb side holds the parts mteb datasets hold (a bare caption or question, a
-    bare image, the instruction as the task's prompt); comalite's side is MMEB's own rows, as read."""
+    ShapesWorld eval set (``keep``: the indices of the queries to keep; default all). The mteb side holds the
+    parts mteb datasets hold (a bare caption or question, a bare image, the instruction as the task's prompt);
+    comalite's side is MMEB's own rows, as read."""
     dataset = _eval_dataset(data_root, name)
-    queries = [q.query for q in dataset.queries]
+    chosen = [q for i, q in enumerate(dataset.queries) if keep is None or i in keep]
+    queries = [q.query for q in chosen]
     # The corpus: every distinct candidate of every query; each query's relevant document is its candidate 0.
-    corpus = list(dict.fromkeys(c for q in dataset.queries for c in q.candidates))
-    gold = np.array([corpus.index(q.candidates[0]) for q in dataset.queries])
+    corpus = list(dict.fromkeys(c for q in chosen for c in q.candidates))
+    gold = np.array([corpus.index(q.candidates[0]) for q in chosen])
     if name == "SW-T2I":  # text -> image
         rows = [{"id": f"q{i}", "text": _strip(q.text, T2I)} for i, q in enumerate(queries)]
         docs = [{"id": f"d{j}", "image": c.image} for j, c in enumerate(corpus)]
@@ -104,7 +106,12 @@ def _comalite_scores(model, queries, corpus, gold):
 @pytest.mark.parametrize("name", ["SW-Count", "SW-VQA", "SW-T2I"])
 def test_mteb_scores_equal_comalites_own_on_local_shapesworld_tasks(mteb, model, data_root, tmp_path, name,
                                                                      monkeypatch):
-    task, queries, corpus, gold = _task(data_root, name)
+    # A query whose two best documents score the same (the smoke VLM cannot tell some near-copies apart) has no
+    # argmax to compare: such queries are left out of the task, and must stay few.
+    _, queries, corpus, gold = _task(data_root, name)
+    tied = set(_comalite_scores(model, queries, corpus, gold)[2].tolist())
+    assert len(tied) <= 0.05 * len(queries), f"queries {sorted(tied)} have tied top scores"
+    task, queries, corpus, gold = _task(data_root, name, keep=set(range(len(queries))) - tied)
     encoder = mteb_adapter.MtebEncoder(model)
     assert isinstance(encoder, mteb.models.EncoderProtocol)
     assert encoder.mteb_model_meta.name == "comalite/tiny-smoke"
@@ -132,7 +139,7 @@ def test_mteb_scores_equal_comalites_own_on_local_shapesworld_tasks(mteb, model,
         sorted(np.asarray(x.image.convert("RGB")).tobytes() for x in pil)
 
     hit1, mrr10, tied = _comalite_scores(model, queries, corpus, gold)
-    assert len(tied) == 0, f"queries {tied} have tied top scores: hit@1 is not defined by argmax alone"
+    assert len(tied) == 0, f"queries {tied} have tied top scores: hit@1 is not defined by argmax alone"  # left out
     print(f"\n{name}: {len(queries)} queries, {len(corpus)} documents; mteb precision@1 "
           f"{scores['precision_at_1']:.5f} recall@1 {scores['recall_at_1']:.5f} ndcg@1 {scores['ndcg_at_1']:.5f} "
           f"hit_rate@1 {scores['hit_rate_at_1']:.5f} mrr@10 {scores['mrr_at_10']:.5f} | comalite hit@1 {hit1:.5f} "

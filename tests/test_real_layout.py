@@ -58,7 +58,10 @@ def cpu_sized(argv: list[str], out_dir: Path) -> list[str]:
     if argv[0] == "check-data":
         return argv
     extra = [a for s in (*CPU_SIZED, f"out_dir={out_dir}") for a in ("--set", s)]
-    return argv + extra + (["--limit", str(STAGE1_IMAGES)] if argv[0] == "stage1-data" else [])
+    # stage1-data: the smoke VLM is not chat-tuned and writes no questions, so it is given one to answer (the
+    # writing itself is tested with a scripted model in test_stage1_data.py)
+    writes = ["--limit", str(STAGE1_IMAGES), "--question", "How many objects are there?"]
+    return argv + extra + (writes if argv[0] == "stage1-data" else [])
 
 
 @pytest.fixture(scope="module")

@@ -60,10 +60,12 @@ def test_coma_stage2_trains_from_the_stage1_result(tiny_config):
     out = run_stage2(cfg)
     metrics = read_result(out)["metrics"]
     print(json.dumps({k: v for k, v in metrics.items() if k != "summary"}, indent=1))
-    # The smoke VLM barely sees (a short stage 0); measured here: held-out in-batch retrieval 17 % -> 28 %
-    # (36 pairs, chance 20 %), 25 steps. The margins leave room for thread counts.
+    # The smoke VLM barely sees (a short stage 0, balanced questions); measured here: held-out in-batch retrieval
+    # 19 % -> 25 % (36 pairs, chance 22 %), the loss 4.19 -> 3.35 over the first and last 10 of 25 steps. The
+    # margins leave room for thread counts.
     losses = [h["loss"] for h in json.loads((out / "history.json").read_text())]
-    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 1.0
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.5
+    assert np.mean(losses[-10:]) < np.log(32)  # below a blind guess among the batch's 32 targets
     assert metrics["heldout_accuracy_after"] > metrics["heldout_accuracy_before"] + 0.05
     assert metrics["heldout_accuracy_after"] > metrics["chance"]
     # 120 pairs a subset -> 6 held out, one block each; a label held out twice counts as one target.

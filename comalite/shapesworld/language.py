@@ -62,6 +62,11 @@ def refer(scene: Scene, obj: Obj) -> str | None:
     return None
 
 
+def cell_box(row: int, col: int) -> tuple[float, float, float, float]:
+    """The box of a grid cell in fractions of the image, (x0, y0, x1, y1): a question's region (``Turn.regions``)."""
+    return (col / 3, row / 3, (col + 1) / 3, (row + 1) / 3)
+
+
 RELATIONS = {"left of": lambda a, b: a.col < b.col, "right of": lambda a, b: a.col > b.col,
               "above": lambda a, b: a.row < b.row, "below": lambda a, b: a.row > b.row}
 
@@ -84,8 +89,10 @@ def scene_questions(scene: Scene) -> list[Question]:
     yes = {True: "yes", False: "no"}
     out = []
 
-    def add(kind, answers, question, answer, about=()):
-        out.append(Question(kind, answers, Turn(question, answer), frozenset(about)))
+    def add(kind, answers, question, answer, about=(), cells=None):
+        cells = [(objs[i].row, objs[i].col) for i in sorted(about)] if cells is None else cells
+        regions = tuple(cell_box(*rc) for rc in cells)  # where the answer is read: the grounding
+        out.append(Question(kind, answers, Turn(question, answer, regions), frozenset(about)))
 
     for i, o in enumerate(objs):
         for attribute in ("color", "shape", "size"):
@@ -96,7 +103,7 @@ def scene_questions(scene: Scene) -> list[Question]:
     for r in range(3):
         for c in range(3):
             where = "in the center" if (r, c) == (1, 1) else f"at the {position_name(r, c)}"
-            add("occupied", "yesno", f"Is there an object {where}?", yes[(r, c) in occupied])
+            add("occupied", "yesno", f"Is there an object {where}?", yes[(r, c) in occupied], cells=[(r, c)])
     add("count", "count", "How many objects are there?", NUMBER_WORDS[len(objs)], range(len(objs)))
     for color in COLORS:
         about = [i for i, o in enumerate(objs) if o.color == color]

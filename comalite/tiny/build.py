@@ -13,7 +13,9 @@ earns that role honestly:
    QA (ordinary causal attention, ViT frozen, every language-model parameter trained, no compression
    tokens) through the same loader, sequence builder, objective and training loop that stage 1 uses. Its
    data: the stage-1 training dialogues plus ``stage0_scenes`` more scenes drawn for it
-   (``stage0_dialogues``), one QA turn per sequence;
+   (``stage0_dialogues``), one QA turn per sequence. Beside the next-token loss, a grounding loss
+   (``comalite.tiny.pointing``) teaches one attention head to look at the cells a question is about, as a real
+   VLM learned from pre-training on boxed data: from answers alone the fresh LM never learns to look things up;
 5. the result is saved with ``save_pretrained`` and from then on loaded exactly like a real checkpoint.
 ``tiny_report.json`` beside it records what the ViT's tokens hold and the held-out answer accuracy, overall
 and by question type, against an image-blind baseline.
@@ -26,7 +28,7 @@ import shutil
 import time
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,7 @@ from ..sequence import dialogue_examples
 from ..shapesworld import DESCRIBE, qa_dialogue, question_template, render, sample_scene, text_corpus
 from ..shapesworld.asking import answer_set
 from ..shapesworld.language import description_hits
+from .pointing import Pointing, PointingLoss
 from .vision import pretrain_vision, scale_image_tokens
 
 log = logging.getLogger(__name__)
@@ -93,12 +96,14 @@ class TinyConfig:
     stage0_turns: int = 5             # questions asked about each (``stage0_dialogues``)
     stage0_trains_vision: bool = False  # False: the pre-trained ViT stays frozen in stage 0 (as in LLaVA),
                                         # so the LLM learns to read it instead of the ViT drifting
+    pointing: Pointing = field(default_factory=Pointing)  # stage 0's grounding loss on one attention head
+                                      # (tiny.pointing: without it the fresh LM never learns to look things up)
     image_token_norm: float = 0.0     # rescale the pre-trained ViT's tokens to this mean norm before stage 0
                                       # (text embeddings sit near 1; tiny.vision.scale_image_tokens); 0: as trained
 
     def __post_init__(self):
         if self.stage0 is None:
-            self.stage0 = TrainConfig(steps=1500, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=100,
+            self.stage0 = TrainConfig(steps=3000, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=100,
                                       log_every=20, weight_decay=0.01)
         if self.vision is None:
             self.vision = TrainConfig(steps=1000, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=0,
@@ -109,7 +114,7 @@ class TinyConfig:
         """Short stages for tests and notebooks' smoke mode: a working checkpoint, not a good VLM."""
         short = dict(lr=3e-3, warmup_ratio=0.05, save_every=0, log_every=50)
         # The first build's small ViT on a fixed set of scenes: the shipped one's costs ~4x more per step.
-        return cls(stage0=TrainConfig(steps=150, batch_size=32, **short),
+        return cls(stage0=TrainConfig(steps=500, batch_size=32, **short),
                    vision=TrainConfig(steps=250, batch_size=64, **short),
                    vision_depth=2, vision_dim=64, vision_scenes=1500, vision_objects=None, vision_heldout=200,
                    stage0_scenes=0)
@@ -244,11 +249,11 @@ def description_accuracy(backbone, heldout: list[Dialogue], s1, max_new_tokens: 
     for dialogue, example in zip(turns, dialogue_examples(backbone.processor, turns, s1, with_compression=False)):
         said = generate_answer(backbone, without_last_answer(example)[0], compression_mask=False,
                                max_new_tokens=max_new_tokens)
-        for field, (right, asked) in description_hits(said, dialogue.turns[0].answer).items():
-            total = totals.setdefault(field, [0, 0])
+        for stated, (right, asked) in description_hits(said, dialogue.turns[0].answer).items():
+            total = totals.setdefault(stated, [0, 0])
             total[0] += right
             total[1] += asked
-    return {"descriptions": len(turns), **{field: right / max(1, asked) for field, (right, asked) in totals.items()}}
+    return {"descriptions": len(turns), **{stated: right / max(1, asked) for stated, (right, asked) in totals.items()}}
 
 
 def copy_vision(visual: torch.nn.Module, source: Path) -> dict:
@@ -299,7 +304,7 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config, vision
     # The ViT is frozen in stage 0 (unless stage0_trains_vision): each image through it once (comalite.vision_cache).
     mcfg = ModelConfig(backbone=str(init_dir), quantization="none", dtype="fp32", device="cpu", n_compress=0,
                        gradient_checkpointing=False, min_pixels=pixels // 4, max_pixels=pixels, cpu_threads=tc.threads,
-                       vision_cache_mb=1024)
+                       vision_cache_mb=1024, attn_implementation="eager" if tc.pointing.weight else "sdpa")
     backbone = load_backbone(mcfg, train_adapter=None, train_compression=False)
     backbone.hf.requires_grad_(True)
     backbone.visual.requires_grad_(tc.stage0_trains_vision)
@@ -311,9 +316,13 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config, vision
     if not tc.pack_turns:  # stage 0 only: the report splits the held-out dialogues itself
         stage0 = [Dialogue(turns=(turn,), image=d.image, text=d.text) for d in stage0 for turn in d.turns]
     clock = time.perf_counter()
+    pointing = (PointingLoss(backbone, tc.pointing),) if tc.pointing.weight else ()
     stage0_objective = LMObjective(layout=data_cfg.stage1, compression_mask=False, with_compression=False,
-                                   supervise=tc.supervise, separate_turns=tc.pack_turns)  # no compression tokens
+                                   supervise=tc.supervise, separate_turns=tc.pack_turns,  # no compression tokens
+                                   auxiliary=pointing)
     history = train_lm(backbone, stage0, tc.stage0, work / "stage0", stage0_objective, desc="stage 0")
+    for aux in pointing:
+        aux.close()
     stage0_seconds = time.perf_counter() - clock
     heldout_examples = dialogue_examples(backbone.processor, heldout, data_cfg.stage1, with_compression=False)
     accuracy = answer_accuracy(backbone, heldout_examples, compression_mask=False)
