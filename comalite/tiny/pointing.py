@@ -1,8 +1,8 @@
-"""Grounding for the tiny VLM's stage 0: one attention head learns to point at the image tokens a question is about.
+"""Grounding for the tiny VLM's stage 0: attention heads learn to point at the image tokens a question is about.
 
     <|vision_start|> t00 t01 t02 t10 ... t22 <|vision_end|> What color is the object at the top left? ...assistant\\n red
                      ^^^                                                                                 |
-                     +-- layer ``layer``, head ``head``, at the position that predicts the answer's first token
+                     +-- layer ``layer``, the question's head, at the position that predicts the answer's first token
 
     loss = weight * -log(attention mass on the image tokens inside the turn's regions)
 
@@ -11,10 +11,10 @@ is the object at the top left?" it must attend from the answer to the token at t
 no gradient towards that token until the answer reads what it attends to, and the answer has nothing to read until
 the attention is right (``benchmarks/README.md``, "Why the ceiling": every other lever stayed at a bag of objects).
 A real VLM learned grounding from pre-training at scale, much of it on data that marks regions with boxes; the tiny
-one gets the same signal as this loss on one head, and only in stage 0. Stages 1 and 2 never use it.
+one gets the same signal as this loss on a few heads, and only in stage 0. Stages 1 and 2 never use it.
 
 The regions are ``Turn.regions`` (ShapesWorld sets them); an image token is inside a region when its centre is. A
-turn without regions, or a sequence without an image, adds nothing. The head's weights come from a forward hook on
+turn without regions, or a sequence without an image, adds nothing. The heads' weights come from a forward hook on
 the layer's attention, so the model must run eager attention (``ModelConfig.attn_implementation="eager"``).
 """
 from __future__ import annotations
