@@ -14,7 +14,7 @@ earns that role honestly:
    tokens) through the same loader, sequence builder, objective and training loop that stage 1 uses. Its
    data: the stage-1 training dialogues plus ``stage0_scenes`` more scenes drawn for it
    (``stage0_dialogues``), one QA turn per sequence. Beside the next-token loss, a grounding loss
-   (``comalite.tiny.pointing``) teaches one attention head to look at the cells a question is about, as a real
+   (``comalite.tiny.pointing``) teaches attention heads to look at the cells a question is about, as a real
    VLM learned from pre-training on boxed data: from answers alone the fresh LM never learns to look things up;
 5. the result is saved with ``save_pretrained`` and from then on loaded exactly like a real checkpoint.
 ``tiny_report.json`` beside it records what the ViT's tokens hold and the held-out answer accuracy, overall
