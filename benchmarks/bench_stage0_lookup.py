@@ -18,6 +18,7 @@ sequence) on 6,000 seeded scenes (``--scenes``; 400 held out), but only on the q
 
 - ``place``: "Is there an object {place}?", "What color/shape is the object {place}?" (a lookup by position);
 - ``object``: "Is there a {object}?", "What color is the {shape}?", "What shape is the {color} object?";
+- ``relation``: "Is the {object} {relation} the {object}?" (two objects found, their places compared);
 - ``all``: every short question (no description), as a full stage 0 asks them.
 
 Levers (one per run): ``--lr``, ``--steps``; ``--oracle`` replaces each image token by the exact labels a linear
@@ -55,6 +56,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "stage0_lookup"
 FAMILIES = {
     "place": ("Is there an object {place}?", "What color is the object {place}?", "What shape is the object {place}?"),
     "object": ("Is there a {object}?", "What color is the {shape}?", "What shape is the {color} object?"),
+    "relation": ("Is the {object} {relation} the {object}?",),
     "all": (),  # every short question: what a full stage 0 asks (no description)
 }
 
@@ -381,7 +383,8 @@ def run_in(work: Path, args) -> dict:
             train += caption_dialogues(work / "captions", args.grid_captions, 0, size)
             random.Random(0).shuffle(train)
     heads = dict(zip(("place_head", "object_head", "count_head"), args.point_heads))
-    pointing = (PointingLoss(backbone, Pointing(layer=args.point, **heads)),) if args.point is not None else ()
+    pointing = () if args.point is None else (
+        PointingLoss(backbone, Pointing(layer=args.point, second_head=args.second_head, **heads)),)
     objective = LMObjective(layout=cfg.stage1, compression_mask=False, with_compression=False, supervise="answers",
                             auxiliary=pointing)
     train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.stage0_lr or args.lr,
@@ -463,6 +466,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--point-heads", type=point_heads, default=[0, 1, 2], metavar="P,O,C",
                         help="with --point: the heads that point for questions naming a place, an object, a count "
                              "(-1: none; default 0,1,2)")
+    parser.add_argument("--second-head", type=int, default=-1, metavar="HEAD",
+                        help="with --point: the head that points at a relation's second object (default -1: the "
+                             "object head points at both)")
     parser.add_argument("--oracle", action="store_true", help="exact labels as image tokens")
     parser.add_argument("--text", action="store_true", help="the scene as its description, no image")
     parser.add_argument("--copy", action="store_true", help="with --text: add the description asked back")

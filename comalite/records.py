@@ -75,8 +75,8 @@ class EvalDataset:
 @dataclass(frozen=True)
 class Turn:
     """One question and its answer in a stage-1 dialogue. ``regions``: where in the image the answer is read, as
-    boxes ``(x0, y0, x1, y1)`` in fractions of the image's width and height (grounding, as real VLM data marks it
-    with boxes). ShapesWorld knows them; files do not carry them (empty), and only the tiny VLM's stage 0 uses
+    boxes ``(x0, y0, x1, y1)`` in fractions of the image's width and height, in the order the question names them
+    (grounding, as real VLM data marks it with boxes). ShapesWorld knows them; files do not carry them (empty), and only the tiny VLM's stage 0 uses
     them (``comalite.tiny.pointing``). Not part of equality."""
 
     question: str

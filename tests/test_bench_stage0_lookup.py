@@ -89,3 +89,12 @@ def test_point_heads_take_three_heads(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--vision-from", "x", "--tag", "t", "--point", "1", "--point-heads", "0,1"])
     assert "give three heads as P,O,C" in capsys.readouterr().err
+
+
+def test_the_relation_family_points_a_second_head_at_the_second_object(tiny_checkpoint, tmp_path):
+    bench = _bench()
+    report = bench.main(["--vision-from", str(tiny_checkpoint), "--steps", "2", "--batch-size", "4", "--scenes", "60",
+                         "--family", "relation", "--point", "1", "--second-head", "3", "--tag", "t",
+                         "--out", str(tmp_path / "run.json")])
+    assert set(report["by_type"]) == set(bench.FAMILIES["relation"]) and report["settings"]["second_head"] == 3
+    assert "bag_of_objects" not in report  # a place-family baseline

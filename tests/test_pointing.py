@@ -37,7 +37,8 @@ def test_each_question_marks_the_cells_its_answer_is_read_from():
     assert questions["Where is the blue square?"] == (cell_box(2, 1),)
     assert questions["What shape is the red object?"] == (cell_box(0, 0),)
     assert questions["Is there an object at the top right?"] == (cell_box(0, 2),)  # empty, and still the place asked
-    assert set(questions["Is the red circle above the blue square?"]) == {cell_box(0, 0), cell_box(2, 1)}
+    assert questions["Is the red circle above the blue square?"] == (cell_box(0, 0), cell_box(2, 1))  # as named
+    assert questions["Is the blue square below the red circle?"] == (cell_box(2, 1), cell_box(0, 0))
     assert set(questions["How many objects are there?"]) == {cell_box(0, 0), cell_box(2, 1)}
     assert questions["How many yellow objects are there?"] == ()  # nothing to point at
     assert questions["Is there a green star?"] == ()
@@ -50,6 +51,16 @@ def test_questions_point_with_the_head_of_how_they_name_their_subject():
     assert reference("Is the red circle above the blue square?") == "object"
     assert pointing.head("What color is the square?") == 3 and pointing.head("Where is the small red circle?") == 3
     assert reference("How many red objects are there?") == "count" and pointing.head("How many objects are there?") == -1
+
+
+def test_a_second_head_points_at_the_second_object_of_a_relation():
+    relation = Turn("Is the red circle above the blue square?", "yes", (cell_box(0, 0), cell_box(2, 1)))
+    assert Pointing().pointers(relation) == [(1, relation.regions)]  # default: the object head at both
+    split = Pointing(second_head=3)
+    assert split.pointers(relation) == [(1, (cell_box(0, 0),)), (3, (cell_box(2, 1),))]
+    count = Turn("How many objects are there?", "two", (cell_box(0, 0), cell_box(2, 1)))
+    assert split.pointers(count) == [(2, count.regions)]  # two regions, but a count: one head
+    assert Pointing(count_head=-1).pointers(count) == [] and Pointing().pointers(Turn("Is there a red star?", "no")) == []
 
 
 def test_regions_are_not_part_of_a_turns_identity():
@@ -77,8 +88,8 @@ def test_the_target_is_the_position_before_the_answer_and_the_image_tokens_in_th
     dialogue = Dialogue(turns=(Turn("What color is the object at the top left?", "red", (cell_box(0, 0),)),),
                         image=str(sorted((data_root / "images").rglob("*.png"))[0]))
     example = dialogue_example(eager.processor, dialogue, prompt="", text_prompt="", with_compression=False)
-    [(turn, (at, tokens))] = pointing_targets(example, dialogue.turns, eager.processor.image_pad_id, 2)
-    assert turn is dialogue.turns[0]
+    [(head, at, tokens)] = pointing_targets(example, dialogue.turns, eager.processor.image_pad_id, 2)
+    assert head == 0
     assert example.roles[at] != ANSWER and example.roles[at + 1] == ANSWER
     pads = [i for i, t in enumerate(example.input_ids) if t == eager.processor.image_pad_id]
     assert tokens == [pads[0]]  # 112 px: the top-left cell holds one token's centre

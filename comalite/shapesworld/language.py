@@ -90,7 +90,7 @@ def scene_questions(scene: Scene) -> list[Question]:
     out = []
 
     def add(kind, answers, question, answer, about=(), cells=None):
-        cells = [(objs[i].row, objs[i].col) for i in sorted(about)] if cells is None else cells
+        cells = [(objs[i].row, objs[i].col) for i in about] if cells is None else cells  # in the order named
         regions = tuple(cell_box(*rc) for rc in cells)  # where the answer is read: the grounding
         out.append(Question(kind, answers, Turn(question, answer, regions), frozenset(about)))
 

@@ -32,18 +32,31 @@ from ..shapesworld import question_template
 class Pointing:
     """Which heads of ``layer`` point, by how a question names what it asks about (``reference``): a place ("the
     object at the top left"), an object ("the red circle", relations) or a count of objects ("how many ...");
-    -1: that kind does not point. ``weight``: the loss's weight against the next-token loss (0: off). One head for
-    every kind conflicts: a place with no object in it and the objects of a count want opposite attention."""
+    -1: that kind does not point. ``second_head``: for a question naming two objects (a relation), the head that
+    points at the second while ``object_head`` points at the first (-1: ``object_head`` points at both).
+    ``weight``: the loss's weight against the next-token loss (0: off). One head for every kind conflicts: a place
+    with no object in it and the objects of a count want opposite attention."""
 
     layer: int = 1
     place_head: int = 0
     object_head: int = 1
     count_head: int = 2
+    second_head: int = -1
     weight: float = 1.0
 
     def head(self, question: str) -> int:
         """The head that points for ``question`` (-1: none)."""
         return {"place": self.place_head, "object": self.object_head, "count": self.count_head}[reference(question)]
+
+    def pointers(self, turn: Turn) -> list[tuple[int, tuple]]:
+        """``(head, regions it points at)`` for ``turn``: its head at all its regions, or, with ``second_head``
+        and two objects named, one head per object."""
+        head = self.head(turn.question)
+        if head < 0 or not turn.regions:
+            return []
+        if self.second_head >= 0 and head == self.object_head and len(turn.regions) == 2:
+            return [(head, turn.regions[:1]), (self.second_head, turn.regions[1:])]
+        return [(head, turn.regions)]
 
 
 def reference(question: str) -> str:
@@ -64,20 +77,22 @@ def answer_starts(roles: list[int]) -> list[int]:
     return [i for i, r in enumerate(roles) if r == ANSWER and (i == 0 or roles[i - 1] != ANSWER)]
 
 
-def pointing_targets(example: Example, turns: tuple[Turn, ...], image_pad_id: int,
-                     merge: int) -> list[tuple[Turn, tuple[int, list[int]]]]:
-    """``(turn, (position that predicts the answer, sequence positions of the image tokens to point at))`` per turn
-    of ``example`` that has regions. ``merge``: the ViT's patch-merge size (the LLM sees a grid of
-    ``h / merge`` x ``w / merge`` tokens per image)."""
+def pointing_targets(example: Example, turns: tuple[Turn, ...], image_pad_id: int, merge: int,
+                     pointers=lambda turn: [(0, turn.regions)]) -> list[tuple[int, int, list[int]]]:
+    """``(head, position that predicts the answer, sequence positions of the image tokens to point at)`` per
+    pointer of each turn of ``example`` (``pointers(turn)``: ``(head, regions)`` pairs, ``Pointing.pointers``).
+    ``merge``: the ViT's patch-merge size (the LLM sees a grid of ``h / merge`` x ``w / merge`` tokens per
+    image)."""
     if example.image_grid_thw is None:
         return []
     _, h, w = (int(v) for v in example.image_grid_thw)
     pads = [i for i, t in enumerate(example.input_ids) if t == image_pad_id]
     out = []
     for start, turn in zip(answer_starts(example.roles), turns):
-        inside = tokens_in_regions(turn.regions, h // merge, w // merge)
-        if inside:
-            out.append((turn, (start - 1, [pads[k] for k in inside])))
+        for head, regions in pointers(turn):
+            inside = tokens_in_regions(regions, h // merge, w // merge)
+            if inside:
+                out.append((head, start - 1, [pads[k] for k in inside]))
     return out
 
 
@@ -104,8 +119,8 @@ class PointingLoss:
         self._weights = None  # one forward pass, one loss
         masses = [weights[b, head, at, tokens].sum()
                   for b, (dialogue, example) in enumerate(zip(dialogues, examples))
-                  for turn, (at, tokens) in pointing_targets(example, dialogue.turns, self.image_pad_id, self.merge)
-                  if (head := self.pointing.head(turn.question)) >= 0]
+                  for head, at, tokens in pointing_targets(example, dialogue.turns, self.image_pad_id, self.merge,
+                                                           self.pointing.pointers)]
         if not masses:
             return weights.sum() * 0.0  # keeps the graph: every process of a step backpropagates the same parameters
         masses = torch.stack(masses)
