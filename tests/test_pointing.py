@@ -88,14 +88,15 @@ def test_the_target_is_the_position_before_the_answer_and_the_image_tokens_in_th
     dialogue = Dialogue(turns=(Turn("What color is the object at the top left?", "red", (cell_box(0, 0),)),),
                         image=str(sorted((data_root / "images").rglob("*.png"))[0]))
     example = dialogue_example(eager.processor, dialogue, prompt="", text_prompt="", with_compression=False)
-    [(head, at, tokens)] = pointing_targets(example, dialogue.turns, eager.processor.image_pad_id, 2)
+    [(head, at, tokens)] = pointing_targets(example, dialogue.turns, eager.processor.image_pad_id, 2,
+                                            Pointing().pointers)
     assert head == 0
     assert example.roles[at] != ANSWER and example.roles[at + 1] == ANSWER
     pads = [i for i, t in enumerate(example.input_ids) if t == eager.processor.image_pad_id]
     assert tokens == [pads[0]]  # 112 px: the top-left cell holds one token's centre
     unmarked = Dialogue(turns=(Turn("What color is the object at the top left?", "red"),), image=dialogue.image)
     bare = dialogue_example(eager.processor, unmarked, prompt="", text_prompt="", with_compression=False)
-    assert pointing_targets(bare, unmarked.turns, eager.processor.image_pad_id, 2) == []
+    assert pointing_targets(bare, unmarked.turns, eager.processor.image_pad_id, 2, Pointing().pointers) == []
 
 
 def test_the_loss_trains_the_head_it_names_and_only_the_layers_up_to_it(eager, data_root):

@@ -96,7 +96,7 @@ class TinyConfig:
     stage0_turns: int = 5             # questions asked about each (``stage0_dialogues``)
     stage0_trains_vision: bool = False  # False: the pre-trained ViT stays frozen in stage 0 (as in LLaVA),
                                         # so the LLM learns to read it instead of the ViT drifting
-    pointing: Pointing = field(default_factory=Pointing)  # stage 0's grounding loss on one attention head
+    pointing: Pointing = field(default_factory=Pointing)  # stage 0's grounding loss on a few attention heads
                                       # (tiny.pointing: without it the fresh LM never learns to look things up)
     image_token_norm: float = 0.0     # rescale the pre-trained ViT's tokens to this mean norm before stage 0
                                       # (text embeddings sit near 1; tiny.vision.scale_image_tokens); 0: as trained
@@ -320,9 +320,11 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config, vision
     stage0_objective = LMObjective(layout=data_cfg.stage1, compression_mask=False, with_compression=False,
                                    supervise=tc.supervise, separate_turns=tc.pack_turns,  # no compression tokens
                                    auxiliary=pointing)
-    history = train_lm(backbone, stage0, tc.stage0, work / "stage0", stage0_objective, desc="stage 0")
-    for aux in pointing:
-        aux.close()
+    try:
+        history = train_lm(backbone, stage0, tc.stage0, work / "stage0", stage0_objective, desc="stage 0")
+    finally:
+        for aux in pointing:
+            aux.close()
     stage0_seconds = time.perf_counter() - clock
     heldout_examples = dialogue_examples(backbone.processor, heldout, data_cfg.stage1, with_compression=False)
     accuracy = answer_accuracy(backbone, heldout_examples, compression_mask=False)

@@ -78,7 +78,7 @@ def answer_starts(roles: list[int]) -> list[int]:
 
 
 def pointing_targets(example: Example, turns: tuple[Turn, ...], image_pad_id: int, merge: int,
-                     pointers=lambda turn: [(0, turn.regions)]) -> list[tuple[int, int, list[int]]]:
+                     pointers) -> list[tuple[int, int, list[int]]]:
     """``(head, position that predicts the answer, sequence positions of the image tokens to point at)`` per
     pointer of each turn of ``example`` (``pointers(turn)``: ``(head, regions)`` pairs, ``Pointing.pointers``).
     ``merge``: the ViT's patch-merge size (the LLM sees a grid of ``h / merge`` x ``w / merge`` tokens per
