@@ -568,3 +568,86 @@ def test_neighbour_explorer_uses_render_callback():
     assert not plt.get_fignums()  # rendered figures are closed, not left for pyplot to show again
     with pytest.raises(ValueError, match="shape"):
         viz.neighbour_explorer(queries, sim[:2], candidates)
+
+
+# ------------------------------------------------------------------------------ sliders and their pictures
+
+
+def recording_draw(calls):
+    def draw(value, ax):
+        calls.append(value)
+        ax.plot([0, value], [0, value])
+    return draw
+
+
+def test_slider_redraws_the_picture_for_each_value_it_is_moved_to():
+    calls = []
+    box = viz.slider(recording_draw(calls), [1, 2, 4], description="k", value=2, label=lambda v: f"{v} tokens")
+    picker, output = box.children
+    assert picker.options == (("1 tokens", 1), ("2 tokens", 2), ("4 tokens", 4))
+    assert picker.value == 2 and calls == [2]
+    first = output.outputs[0]["data"]["image/png"]
+    picker.value = 4
+    assert calls == [2, 4]
+    (entry,) = output.outputs
+    png = base64.b64decode(entry["data"]["image/png"])
+    assert png[:8] == PNG_SIGNATURE and entry["data"]["image/png"] != first
+    assert not plt.get_fignums()  # each picture is closed once shown, not left for pyplot to show again
+
+
+def test_slider_refuses_a_start_outside_its_values():
+    with pytest.raises(ValueError, match="not one of"):
+        viz.slider(recording_draw([]), [1, 2], description="k", value=3)
+    with pytest.raises(ValueError, match="at least one"):
+        viz.slider(recording_draw([]), [], description="k")
+
+
+def test_strip_draws_one_panel_per_value_and_saves_it(tmp_path):
+    calls = []
+    fig = viz.strip(recording_draw(calls), [1, 3], save_to=tmp_path / "strip.png")
+    assert calls == [1, 3] and len(fig.axes) == 2
+    assert [tuple(ax.lines[0].get_xdata()) for ax in fig.axes] == [(0, 1), (0, 3)]
+    assert (tmp_path / "strip.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_softmax_rows_sharpen_as_the_temperature_falls():
+    sim = np.array([[0.9, 0.8, 0.1], [0.2, 0.7, 0.6], [0.3, 0.3, 0.3]])
+    by_hand = np.exp(sim[0] / 0.5) / np.exp(sim[0] / 0.5).sum()
+    np.testing.assert_allclose(viz.softmax_rows(sim, 0.5)[0], by_hand)
+    np.testing.assert_allclose(viz.softmax_rows(sim, 0.01).sum(axis=1), 1.0)
+    assert viz.softmax_rows(sim, 1e-4)[0].argmax() == 0 and viz.softmax_rows(sim, 1e-4)[0, 0] > 0.99  # no overflow
+    np.testing.assert_allclose(viz.softmax_rows(sim, 1e4), 1 / 3, atol=1e-3)  # a hot softmax is uniform
+    np.testing.assert_allclose(viz.softmax_rows(sim, 0.05)[2], 1 / 3)  # equal cosines: equal odds at any temperature
+
+
+def test_draw_softmax_rows_frames_the_diagonal_and_names_the_own_target_probability():
+    sim = np.array([[0.9, 0.1], [0.2, 0.8]])
+    fig, ax = plt.subplots()
+    viz.draw_softmax_rows(sim, 0.1, ax)
+    shown = ax.images[0].get_array()
+    np.testing.assert_allclose(shown, viz.softmax_rows(sim, 0.1))
+    frames = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert [p.get_xy() for p in frames] == [(-0.5, -0.5), (0.5, 0.5)]
+    own = np.diag(viz.softmax_rows(sim, 0.1)).mean()
+    assert f"p(own target) {own:.2f}" in ax.get_title() and "1/B = 0.50" in ax.get_title()
+
+
+def test_draw_token_grid_shows_one_cell_per_token():
+    fig, ax = plt.subplots()
+    viz.draw_token_grid(Image.new("RGB", (640, 480), "red"), rows=3, cols=4, ax=ax)
+    assert ax.images[0].get_array().shape[:2] == (3 * 28, 4 * 28)
+    vertical = [line for line in ax.lines if line.get_xdata()[0] == line.get_xdata()[1]]
+    assert len(vertical) == 4 + 1 and len(ax.lines) == (4 + 1) + (3 + 1)
+    assert "12 tokens" in ax.get_title()
+
+
+def test_draw_toy_scores_colours_the_truth_and_labels_each_cosine():
+    fig, ax = plt.subplots()
+    viz.draw_toy_scores([0, 60, 90], query=0, candidates=[1, 2], ax=ax, title="a hit")
+    arrows = [p for p in ax.get_children() if isinstance(p, matplotlib.text.Annotation)]
+    assert len(arrows) == 3  # two candidates and the query
+    labels = sorted(t.get_text() for t in ax.texts if not isinstance(t, matplotlib.text.Annotation))
+    assert labels == ["0.00", "0.50"]  # cos 90 and cos 60 to the query at 0 degrees
+    truth = next(t for t in ax.texts if t.get_text() == "0.50")
+    assert matplotlib.colors.same_color(truth.get_color(), viz.CORRECT_COLOUR)
+    assert ax.get_title() == "a hit"

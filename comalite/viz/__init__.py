@@ -21,6 +21,10 @@ What is where (import everything from ``comalite.viz`` itself):
 - ``space``: :func:`project_2d` (PCA or UMAP) and :func:`plot_embedding_space`.
 - ``gallery``: :func:`plot_query_candidates`, :func:`top_k`, :func:`plot_retrieval_gallery`,
   :func:`plot_search_results` and :func:`neighbour_explorer`.
+- ``sliders``: :func:`slider` (a widget that redraws a picture as one setting moves) and :func:`strip` (the
+  same picture for a few values side by side, its static copy), with the pictures the lessons move:
+  :func:`draw_softmax_rows` (InfoNCE's probabilities at a temperature, from :func:`softmax_rows`),
+  :func:`draw_token_grid` (an image at a pixel budget, one cell per LLM token) and :func:`draw_toy_scores`.
 - ``budget``: :func:`plot_budget_curve` (the miniature experiment's Precision@1 against stage-2 steps).
 - ``diagrams``: pictures of the ideas drawn from the code itself: :func:`draw_recipe_overview`,
   :func:`draw_mask_cartoon`, :func:`draw_pooling`, :func:`draw_infonce`, :func:`draw_gradcache`, and
@@ -39,6 +43,7 @@ from .gallery import (
     plot_search_results,
     top_k,
 )
+from .sliders import draw_softmax_rows, draw_token_grid, draw_toy_scores, slider, softmax_rows, strip
 from .space import plot_embedding_space, project_2d
 from .style import (
     CORRECT_COLOUR,
@@ -78,6 +83,9 @@ __all__ = [
     "draw_mask_cartoon",
     "draw_pooling",
     "draw_recipe_overview",
+    "draw_softmax_rows",
+    "draw_token_grid",
+    "draw_toy_scores",
     "ema_smooth",
     "neighbour_explorer",
     "plot_attention_mask",
@@ -86,13 +94,16 @@ __all__ = [
     "plot_embedding_space",
     "plot_loss_curves",
     "plot_paired_differences",
-    "plot_results_bars",
     "plot_query_candidates",
+    "plot_results_bars",
     "plot_retrieval_gallery",
     "plot_search_results",
     "plot_similarity_matrix",
     "project_2d",
     "role_segments",
     "save_diagrams",
+    "slider",
+    "softmax_rows",
+    "strip",
     "top_k",
 ]

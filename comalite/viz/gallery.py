@@ -2,9 +2,7 @@
 and an interactive neighbour explorer for notebooks."""
 from __future__ import annotations
 
-import base64
 import html
-import io
 import textwrap
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -15,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..data.images import load_image
-from .style import CORRECT_COLOUR, SAVE_DPI, save
+from .style import CORRECT_COLOUR, display_data, figure_png, save
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -151,11 +149,6 @@ def plot_search_results(
 # ---------------------------------------------------------------------------------- neighbour explorer
 
 
-def _display_data(data: dict[str, str]) -> dict:
-    """One notebook output entry, the form an ``ipywidgets.Output`` keeps in ``.outputs``."""
-    return {"output_type": "display_data", "data": data, "metadata": {}}
-
-
 def _neighbour_table(
     candidate_labels: Sequence[str], indices: np.ndarray, values: np.ndarray, target: int | None
 ) -> dict[str, str]:
@@ -169,14 +162,6 @@ def _neighbour_table(
         rows_text.append(f"{rank}. {label}  {value:.3f} {mark}".rstrip())
     head = "<tr><th>rank</th><th>candidate</th><th>score</th><th></th></tr>"
     return {"text/html": f"<table>{head}{''.join(rows_html)}</table>", "text/plain": "\n".join(rows_text)}
-
-
-def _figure_png(fig: Figure) -> dict[str, str]:
-    """A figure as base64 PNG output data (closed afterwards so it is not shown a second time)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=SAVE_DPI, bbox_inches="tight")
-    plt.close(fig)
-    return {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"), "text/plain": repr(fig)}
 
 
 def neighbour_explorer(
@@ -213,9 +198,9 @@ def neighbour_explorer(
             target = None if targets is None else targets[query_index]
             data = _neighbour_table(candidate_labels, indices, values, target)
         else:
-            data = _figure_png(render(query_index, indices, values))
+            data = figure_png(render(query_index, indices, values))
         # Setting .outputs directly (instead of `with output:`) also works without a running kernel.
-        output.outputs = (_display_data(data),)
+        output.outputs = (display_data(data),)
 
     picker.observe(lambda change: show(change["new"]), names="value")
     show(0)

@@ -4,8 +4,11 @@ The other modules import from here and never the other way round.
 """
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 SAVE_DPI = 120
@@ -42,3 +45,17 @@ def save(fig: Figure, save_to: str | Path | None) -> None:
     path = Path(save_to)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=SAVE_DPI, bbox_inches="tight")
+
+
+def figure_png(fig: Figure) -> dict[str, str]:
+    """A figure as notebook output data (base64 PNG), closed afterwards so the notebook does not show it twice."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=SAVE_DPI, bbox_inches="tight")
+    plt.close(fig)
+    return {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"), "text/plain": repr(fig)}
+
+
+def display_data(data: dict[str, str]) -> dict:
+    """One notebook output entry, the form a widget's ``Output`` keeps in ``.outputs``: setting those directly
+    (instead of ``with output:``) also works without a running kernel."""
+    return {"output_type": "display_data", "data": data, "metadata": {}}
