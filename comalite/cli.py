@@ -227,11 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("result", help="a stage-1 or stage-2 result folder (holds result.json)")
     p.add_argument("--out", required=True, help="folder to write (replaces an earlier export there)")
     p.add_argument("--base", default="", help="the base checkpoint the export names (default: the one trained on)")
-    p = add("experiment", cmd_experiment, "does compression help? arms x budgets x seeds, with a report",
+    p = add("experiment", cmd_experiment, "does compression help? arms x pairs x budgets x seeds, with a report",
             overwrite=True)
-    p.add_argument("--parts", default="budget,transfer,ablations,compute",
-                   help="comma-separated: budget, transfer, ablations, compute")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--parts", default="pairs,budget,transfer,ablations,compute",
+                   help="comma-separated: pairs (the pre-registered data-scarcity curve), budget, transfer, "
+                        "ablations, compute")
+    p.add_argument("--seeds", default="0,1,2,3,4,5,6,7", help="comma-separated seeds (8 by default: the spread "
+                   "seen so far needs about that many to tell a gap of a few points)")
     p.add_argument("--budgets", default="", help="stage-2 steps, comma-separated (the preset's steps always run)")
     p.add_argument("--out", default="", help="folder for results.json, results.md, budget_curve.png "
                                             "(default: <run folder>/report)")

@@ -7,10 +7,14 @@ reused when rerun), made by changing one thing at a time from one base config:
   control ``qa_no_mask`` (stage 1 with the compression mask off: the same QA data and steps, no
   compression, then stage 2), which separates "compression" from "more QA training";
 - **budget**: stage-2 steps from scarce to the full preset, for every arm;
+- **pairs**: the paper's regime, the preset's stage-2 steps on fewer distinct training pairs
+  (``PAIR_CAPS`` per subset), for every arm: the pre-registered primary comparisons live here
+  (``experiment_stats.primary_comparisons``, Holm-corrected);
 - **transfer**: stage 2 trains on some task families only (``TRANSFER_SUBSETS``); the evaluation reports the
   families it saw and the ones it never saw apart, while stage 1's QA covers every attribute;
 - **ablations** of CoMa on one budget: K, answers-only vs every token supervised, single- vs multi-turn;
-- **equal compute**: contrastive-only given stage 1's measured seconds as extra stage-2 steps.
+- **equal compute**: contrastive-only given stage 1's counted tokens as extra stage-2 steps (``comalite.compute``:
+  counted, never timed), at the full budget and, with the pairs part, at each pair count.
 
 Each cell runs for several seeds (``stage1.train.seed`` and ``stage2.train.seed``: LoRA initialisation,
 compression rows, data order, dropout); the report gives mean and spread per group of datasets, and the
@@ -28,35 +32,36 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-
 from .atomic import atomic_write_json, atomic_write_text
+from .compute import equal_compute_steps
 from .config import Config, load_config
 from .errors import ConfigError, RunConflictError
-from .experiment_design import ABLATIONS, ARMS, GROUPS, TRANSFER_SUBSETS
+from .experiment_design import ABLATIONS, ARMS, GROUPS, PAIR_CAPS, TRANSFER_SUBSETS
 from .experiment_report import REPORT_FILE, format_report
-from .experiment_stats import paired_difference, summarize
+from .experiment_stats import paired_difference, primary_comparisons, summarize
 from .pipeline import ensure_stage, evaluate_models, stage_config
 from .result import read_result
 from .runs import differences, run_lock
 from .stages import CONTRASTIVE_ONLY, STAGE2, Stage
-from .viz import plot_budget_curve
+from .viz import plot_budget_curve, plot_paired_differences
 
 log = logging.getLogger(__name__)
 
-PARTS = ("budget", "transfer", "ablations", "compute")
+PARTS = ("budget", "pairs", "transfer", "ablations", "compute")
 """The parts of the experiment ``run_experiment`` (``comalite experiment --parts``) knows."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One trained model of the grid: an arm, a variant of the settings, a stage-2 budget, a seed, a split."""
+    """One trained model of the grid: an arm, a variant of the settings, a stage-2 budget, a seed, a split, and
+    the training pairs per subset (0: all)."""
 
     arm: str
     steps: int
     seed: int
     variant: str = ""
     split: str = "all"
+    pairs: int = 0
 
     @property
     def stage(self) -> Stage:
@@ -69,9 +74,10 @@ class Cell:
 def cell_config(preset: str, overrides: tuple[str, ...], cell: Cell, root: Path) -> Config:
     """The config of ``cell``: the base plus the cell's changes, in a run folder of its own."""
     ablation = ABLATIONS.get(cell.variant)
+    folder = f"{f'pairs{cell.pairs}-' if cell.pairs else ''}steps{cell.steps}-seed{cell.seed}"
     sets = [*overrides, *(ablation.overrides if ablation else ()), *(ARMS[cell.arm] or ()),
             f"stage1.train.seed={cell.seed}", f"stage2.train.seed={cell.seed}", f"stage2.train.steps={cell.steps}",
-            f"out_dir={root / cell.label() / f'steps{cell.steps}-seed{cell.seed}'}"]
+            *((f"stage2.per_subset_cap={cell.pairs}",) if cell.pairs else ()), f"out_dir={root / cell.label() / folder}"]
     if cell.split == "transfer":
         sets.append(f"stage2.subsets={','.join(TRANSFER_SUBSETS)}")
     return load_config(preset, sets)
@@ -91,7 +97,8 @@ def _shared_stage1(cfg: Config, cell: Cell, root: Path) -> None:
 
 
 def run_cell(preset: str, overrides: tuple[str, ...], cell: Cell, root: Path) -> dict:
-    """Train (or reuse) and evaluate one cell; returns its scores, aggregates and training seconds."""
+    """Train (or reuse) and evaluate one cell; returns its scores, aggregates, training seconds and distinct
+    training pairs."""
     cfg = cell_config(preset, overrides, cell, root)
     _shared_stage1(cfg, cell, root)
     stage = cell.stage.name
@@ -102,25 +109,63 @@ def run_cell(preset: str, overrides: tuple[str, ...], cell: Cell, root: Path) ->
         seconds += read_result(cfg.run_dir() / cell.stage.inherits)["metrics"]["train_seconds"]
     return {**dataclasses.asdict(cell), "scores": results["scores"][stage],
             "aggregates": results["aggregates"][stage], "train_seconds": seconds,
-            "stage2_seconds_per_step": read_result(folder)["metrics"]["train_seconds"] / cell.steps,
+            "train_pairs": read_result(folder)["metrics"]["train_pairs"],
             "n_queries": {d["name"]: d["n_queries"] for d in results["datasets"]}}
 
 
-def grid(parts: tuple[str, ...], seeds: list[int], budgets: list[int], full: int) -> list[Cell]:
-    """The cells of the requested parts: ``budget`` (every arm at every budget), ``transfer``,
-    ``ablations`` (on the full budget) and ``compute`` (contrastive-only with stage 1's time as more steps:
-    added by ``run_experiment`` once stage 1's time is known)."""
+def grid(parts: tuple[str, ...], seeds: list[int], budgets: list[int], full: int,
+         equal_steps: int = 0) -> list[Cell]:
+    """The cells of the requested parts: ``budget`` (every arm at every budget), ``pairs`` (every arm at each of
+    ``PAIR_CAPS``, full budget), ``transfer``, ``ablations`` (on the full budget) and ``compute``
+    (contrastive-only at ``equal_steps``, stage 1's counted tokens as more steps; at each pair count when the
+    pairs part runs too)."""
     cells = []
     for seed in seeds:
         if "budget" in parts:
             cells += [Cell(arm, steps, seed) for steps in budgets for arm in ARMS]
+        if "pairs" in parts:
+            cells += [Cell(arm, full, seed, pairs=cap) for cap in PAIR_CAPS for arm in ARMS]
         if "transfer" in parts:
             cells += [Cell(arm, full, seed, split="transfer") for arm in ("contrastive_only", "coma")]
         if "ablations" in parts:
             for variant, ablation in ABLATIONS.items():
                 arms = ("contrastive_only", "coma") if ablation.changes_baseline else ("coma",)
                 cells += [Cell(arm, full, seed, variant=variant) for arm in arms]
+        if "compute" in parts and equal_steps:
+            caps = PAIR_CAPS if "pairs" in parts else (0,)
+            cells += [Cell("contrastive_only", equal_steps, seed, variant="equal_compute", pairs=cap) for cap in caps]
     return list(dict.fromkeys(cells))
+
+
+def equal_compute_differences(rows: list[dict], full: int) -> dict:
+    """CoMa at the full budget minus contrastive-only at equal compute, paired by seed, for every group: one entry
+    per pair count, scarcest first (``"0"``: all pairs, last)."""
+    def by_seed(arm: str, variant: str, cap: int, steps: int | None) -> dict[int, dict]:
+        return {r["seed"]: r["aggregates"] for r in rows if (r["arm"], r["variant"], r["split"], r.get("pairs", 0))
+                == (arm, variant, "all", cap) and steps in (None, r["steps"])}
+
+    out = {}
+    for cap in sorted({r.get("pairs", 0) for r in rows if r["variant"] == "equal_compute"}, key=lambda c: (not c, c)):
+        coma, longer = by_seed("coma", "", cap, full), by_seed("contrastive_only", "equal_compute", cap, None)
+        common = sorted(set(coma) & set(longer))
+        if common:
+            out[str(cap)] = {g: paired_difference([coma[s][g] for s in common], [longer[s][g] for s in common])
+                             for g in GROUPS if g in coma[common[0]]}
+    return out
+
+
+def plot_experiment(summary: list[dict], meta: dict, out: Path) -> None:
+    """The report's pictures: the budget curve (when it has two budgets or more), the data-scarcity curve and the
+    forest plot of the primary comparisons (when the pairs part ran), each curve against the base model's floor."""
+    floor = {"floor": meta["floor"], "floor_label": "floor (base model)"}
+    if len({e["steps"] for e in summary if not e["variant"] and not e.get("pairs", 0)}) > 1:
+        plot_budget_curve(summary, **floor, save_to=out / "budget_curve.png")
+    if meta["primary"]:
+        plot_budget_curve(summary, against="train_pairs", **floor, save_to=out / "pairs_curve.png")
+        rows = {f"{p['train_pairs']:,.0f} pairs" if p["pairs"] else f"all {p['train_pairs']:,.0f} pairs":
+                [100 * d for d in p["differences"]] for p in meta["primary"]}
+        plot_paired_differences(rows, reference="contrastive-only", xlabel="CoMa - contrastive-only, overall "
+                                "P@1 points (one dot per seed)", title="Primary comparisons", save_to=out / "forest.png")
 
 
 def report_settings(preset: str, overrides, parts, seeds, budgets) -> dict:
@@ -172,34 +217,24 @@ def _run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts
     full = base.stage2.train.steps
     root = base.run_dir()
     untrained = evaluate_models(base, ["base"])  # the VLM with untrained compression tokens: the floor
+    compute = equal_compute_steps(cell_config(preset, overrides, Cell("coma", full, seeds[0]), root)) \
+        if "compute" in parts else None
     rows = []
-    for cell in grid(parts, seeds, sorted(set(budgets) | {full}), full):
+    for cell in grid(parts, seeds, sorted(set(budgets) | {full}), full,
+                     compute["contrastive_only_steps"] if compute else 0):
         log.info("experiment cell %s", cell)
         rows.append(run_cell(preset, overrides, cell, root))
-    if "compute" in parts:
-        # Contrastive-only, given CoMa's stage-1 time as extra stage-2 steps at its own measured step cost.
-        coma = [r for r in rows
-                if r["arm"] == "coma" and r["steps"] == full and not r["variant"] and r["split"] == "all"]
-        plain = [r for r in rows if r["arm"] == "contrastive_only" and r["steps"] == full and not r["variant"]
-                 and r["split"] == "all"]
-        stage1_seconds = np.mean([r["train_seconds"] for r in coma]) - np.mean([r["train_seconds"] for r in plain])
-        steps = full + int(round(stage1_seconds / np.mean([r["stage2_seconds_per_step"] for r in plain])))
-        longer = [run_cell(preset, overrides, Cell("contrastive_only", steps, seed, variant="equal_compute"), root)
-                  for seed in seeds]
-        rows += longer
-        equal_compute = {"stage1_seconds": float(stage1_seconds), "contrastive_only_steps": steps,
-                         "coma_minus_longer_contrastive_only": {
-                             g: paired_difference([r["aggregates"][g] for r in sorted(coma, key=lambda r: r["seed"])],
-                                                  [r["aggregates"][g] for r in sorted(longer, key=lambda r: r["seed"])])
-                             for g in GROUPS}}
+    if compute:
+        compute["coma_minus_longer_contrastive_only"] = equal_compute_differences(rows, full)
     meta = {"base": untrained["aggregates"]["base"], "chance": untrained["chance_aggregates"],
-            "equal_compute": equal_compute if "compute" in parts else None, "preset": preset,
+            "floor": untrained["floor_aggregates"]["base"], "equal_compute": compute, "preset": preset,
             "overrides": list(overrides), "seeds": seeds, "budgets": budgets, "full_steps": full, "parts": list(parts),
             "n_queries": sorted(set(v for r in rows for v in r["n_queries"].values()))}
     summary = summarize(rows)
+    meta["primary"] = primary_comparisons(summary, full)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json({"meta": meta, "summary": summary, "runs": rows}, out / REPORT_FILE)
     atomic_write_text(out / "results.md", format_report(summary, meta))
-    plot_budget_curve(summary, floor=meta["chance"], save_to=out / "budget_curve.png")
+    plot_experiment(summary, meta, out)
     return {"meta": meta, "summary": summary, "runs": rows}
 

@@ -251,7 +251,7 @@ def test_experiment_refuses_unknown_parts_before_any_work(capsys, tmp_path, tiny
     """Was: accepted, and an empty report replaced the one in --out."""
     message = cli_error(capsys, "experiment", *smoke(tmp_path), "--out", str(tmp_path / "report"),
                         "--parts", "budget,nosuch")
-    assert message == "--parts budget,nosuch: unknown part 'nosuch'; choose from budget, transfer, ablations, compute\n"
+    assert message == "--parts budget,nosuch: unknown part 'nosuch'; choose from budget, pairs, transfer, ablations, compute\n"
     assert not (tmp_path / "report").exists()
 
 
@@ -262,8 +262,8 @@ def test_experiment_onto_a_report_of_other_settings_is_refused_unless_overwrite(
 
     report = tmp_path / "report"
     report.mkdir()
-    meta = {"preset": "tiny-smoke", "overrides": [f"out_dir={tmp_path}"], "parts": ["budget"], "seeds": [0, 1, 2],
-            "budgets": [], "base": {}}
+    meta = {"preset": "tiny-smoke", "overrides": [f"out_dir={tmp_path}"], "parts": ["budget"],
+            "seeds": list(range(8)), "budgets": [], "base": {}}  # the default seeds: only the parts differ
     (report / "results.json").write_text(json.dumps({"meta": meta, "summary": [], "runs": []}))
     (report / "results.md").write_text("the earlier report\n")
     before = {p.name: p.read_bytes() for p in report.iterdir() if p.name != ".lock"}
