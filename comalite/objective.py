@@ -5,7 +5,7 @@
 
 ``lm_step`` is one optimizer step's forward and backward of stages 0 and 1; ``train_lm`` runs it in the loop.
 
-``answer_accuracy`` scores teacher-forced exact match: an answer counts as right when the argmax at each of
+``answer_accuracy`` scores teacher-forced exact match (``answers_right``: answer by answer): an answer counts as right when the argmax at each of
 its tokens (its closing ``<|im_end|>`` included) is the true token. That is exactly "greedy decoding
 would produce this answer", without running a decoding loop.
 """
@@ -51,34 +51,45 @@ def lm_loss(backbone: Backbone, batch: dict, *, compression_mask: bool = True,
 
 
 @torch.no_grad()
-def answer_accuracy(backbone: Backbone, examples: list[Example], *, compression_mask: bool = True,
-                    batch_size: int = 32) -> dict:
-    """Fraction of answers reproduced exactly under teacher forcing (= greedy decoding), and the loss."""
+def _scored_answers(backbone: Backbone, examples: list[Example], compression_mask: bool,
+                    batch_size: int) -> Iterator[tuple[list[bool], float]]:
+    """Per example, in order: whether each of its answers is reproduced exactly (teacher forced), and the summed
+    cross-entropy of its answer tokens."""
     was_training = backbone.training
     backbone.eval()
     pad_id = backbone.processor.tokenizer.pad_token_id
-    right = total = 0
-    losses = []
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size], pad_id)
         hidden = _forward(backbone, batch, compression_mask)
         is_answer = (batch["roles"] == ANSWER)[:, 1:].to(hidden.device)
         truth = batch["input_ids"][:, 1:].to(hidden.device)
-        logits = backbone.lm_head(hidden[:, :-1][is_answer]).float()
-        losses.append(F.cross_entropy(logits, truth[is_answer], reduction="sum").item())
-        correct = torch.zeros_like(truth, dtype=torch.bool)
-        correct[is_answer] = logits.argmax(-1) == truth[is_answer]
         for b in range(truth.shape[0]):
+            logits = backbone.lm_head(hidden[b, :-1][is_answer[b]]).float()
+            ok = logits.argmax(-1) == truth[b][is_answer[b]]
             # One answer = one contiguous run of answer tokens; right if every token in it is right.
             runs = torch.diff(is_answer[b].int(), prepend=torch.zeros(1, dtype=torch.int, device=truth.device))
             run_id = torch.cumsum(runs == 1, 0)[is_answer[b]]
-            ok = correct[b][is_answer[b]]
-            for r in run_id.unique():
-                right += int(ok[run_id == r].all())
-                total += 1
+            loss = F.cross_entropy(logits, truth[b][is_answer[b]], reduction="sum").item() if ok.numel() else 0.0
+            yield [bool(ok[run_id == r].all()) for r in run_id.unique()], loss
     backbone.train(was_training)
+
+
+def answers_right(backbone: Backbone, examples: list[Example], *, compression_mask: bool = True,
+                  batch_size: int = 32) -> list[list[bool]]:
+    """Per example, whether each of its answers (in order: one per question/answer turn) is reproduced exactly
+    under teacher forcing (= greedy decoding): what ``answer_accuracy`` counts, answer by answer."""
+    return [right for right, _ in _scored_answers(backbone, examples, compression_mask, batch_size)]
+
+
+def answer_accuracy(backbone: Backbone, examples: list[Example], *, compression_mask: bool = True,
+                    batch_size: int = 32) -> dict:
+    """Fraction of answers reproduced exactly under teacher forcing (= greedy decoding), and the loss."""
+    scored = list(_scored_answers(backbone, examples, compression_mask, batch_size))
+    right = sum(sum(r) for r, _ in scored)
+    total = sum(len(r) for r, _ in scored)
     n_tokens = sum(ex.roles.count(ANSWER) for ex in examples)
-    return {"accuracy": right / max(1, total), "answers": total, "loss": sum(losses) / max(1, n_tokens)}
+    return {"accuracy": right / max(1, total), "answers": total,
+            "loss": sum(loss for _, loss in scored) / max(1, n_tokens)}
 
 
 def without_last_answer(example: Example) -> tuple[Example, list[int]]:

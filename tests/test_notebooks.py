@@ -227,6 +227,27 @@ def test_without_last_answer_leaves_a_prompt_that_generate_answer_completes(stag
     assert isinstance(text, str) and text == generate_answer(stage1_model, prompt, max_new_tokens=4)
 
 
+def test_answers_right_counts_each_answer_as_greedy_decoding_would(stage1_model, smoke_config):
+    """02: ``answers_right`` gives one verdict per turn, each the same as decoding that answer greedily after the
+    true earlier turns; ``answer_accuracy`` is their mean."""
+    from comalite.data.sources import stage1_dialogues
+    from comalite.objective import answer_accuracy, answers_right, generate_answer, without_last_answer
+    from comalite.sequence import dialogue_examples
+
+    cfg = smoke_config
+    dialogues = stage1_dialogues(cfg)[:6]
+    examples = dialogue_examples(stage1_model.processor, dialogues, cfg.stage1)
+    right = answers_right(stage1_model, examples, batch_size=4)  # two batches, one of them short
+    assert [len(r) for r in right] == [len(d.turns) for d in dialogues]
+    for dialogue, example, verdicts in zip(dialogues, examples, right):
+        prompt, _ = without_last_answer(example)  # the last turn decoded for real
+        decoded = generate_answer(stage1_model, prompt, max_new_tokens=24)
+        assert verdicts[-1] == (decoded == dialogue.turns[-1].answer), (decoded, dialogue.turns[-1].answer)
+    accuracy = answer_accuracy(stage1_model, examples)
+    assert accuracy["answers"] == sum(map(len, right))
+    assert accuracy["accuracy"] == pytest.approx(sum(map(sum, right)) / accuracy["answers"])
+
+
 def test_compression_states_pool_to_the_embedding(tiny_checkpoint, data_root):
     """03 and 05: the mean of the K compression states, L2-normalised, is what ``encode`` returns."""
     import torch

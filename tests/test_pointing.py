@@ -151,12 +151,15 @@ def test_the_loss_asks_for_eager_attention(tiny_checkpoint, data_root):
 
 def test_the_shipped_tiny_vlm_was_grounded_and_picks_out_the_object_at_a_place():
     """A guard on what ships: the report of ``data/tiny-vlm`` (what its build measured on held-out scenes) says
-    it was built with the grounding loss on balanced questions and answers place lookups far above blind."""
+    it was built with the grounding loss and packed turns on balanced questions and answers place lookups, and
+    whole dialogues, far above blind."""
     import json
     from pathlib import Path
 
     report = json.loads((Path(__file__).resolve().parent.parent / "data/tiny-vlm/tiny_report.json").read_text())
-    assert report["config"]["pointing"]["weight"] > 0 and report["language"] == 2
+    assert report["config"]["pointing"]["weight"] > 0 and report["language"] == 2 and report["config"]["pack_turns"]
+    # Packed turns put answers at the positions of a stage-1 dialogue: whole dialogues read far above blind too.
+    assert report["heldout_answer_accuracy"] > report["heldout_blind_accuracy"] + 0.3
     by_type = report["heldout_by_question_type"]
     for template in ("Is there an object {place}?", "What color is the object {place}?", "Where is the {object}?"):
         assert by_type[template]["accuracy"] > by_type[template]["blind"] + 0.25, template

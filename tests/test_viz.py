@@ -651,3 +651,19 @@ def test_draw_toy_scores_colours_the_truth_and_labels_each_cosine():
     truth = next(t for t in ax.texts if t.get_text() == "0.50")
     assert matplotlib.colors.same_color(truth.get_color(), viz.CORRECT_COLOUR)
     assert ax.get_title() == "a hit"
+
+
+def test_answer_cards_put_each_answer_under_its_image_green_when_it_is_the_truth(tmp_path):
+    images = [Image.new("RGB", (56, 56), colour) for colour in ("red", "blue")]
+    columns = {"question": ["How many?", "What colour?"], "truth": ["two", "blue"],
+               "model": ["two", "red"]}
+    fig = viz.plot_answer_cards(images, columns, save_to=tmp_path / "cards.png")
+    assert len(fig.axes) == 2 and (tmp_path / "cards.png").read_bytes()[:8] == PNG_SIGNATURE
+    lines = {t.get_text(): t for t in fig.axes[1].texts}
+    assert list(lines) == ["question: What colour?", "truth: blue", "model: red"]
+    assert same_color(lines["model: red"].get_color(), viz.WRONG_COLOUR)
+    assert same_color(fig.axes[0].texts[2].get_color(), viz.CORRECT_COLOUR)  # "two" is the truth
+    assert lines["truth: blue"].get_fontweight() == "bold"
+    assert tuple(fig.axes[0].images[0].get_array()[0, 0]) == (255, 0, 0)  # its own image above it
+    with pytest.raises(ValueError, match="2 images"):
+        viz.plot_answer_cards(images, {"question": ["only one"]})

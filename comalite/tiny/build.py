@@ -13,7 +13,8 @@ earns that role honestly:
    QA (ordinary causal attention, ViT frozen, every language-model parameter trained, no compression
    tokens) through the same loader, sequence builder, objective and training loop that stage 1 uses. Its
    data: the stage-1 training dialogues plus ``stage0_scenes`` more scenes drawn for it
-   (``stage0_dialogues``), one QA turn per sequence. Beside the next-token loss, a grounding loss
+   (``stage0_dialogues``), each scene's turns packed in one sequence where no turn sees another (the
+   mask's ``separate_turns``): many answers a step, at every position a stage-1 dialogue puts them. Beside the next-token loss, a grounding loss
    (``comalite.tiny.pointing``) teaches attention heads to look at the cells a question is about, as a real
    VLM learned from pre-training on boxed data: from answers alone the fresh LM never learns to look things up;
 5. the result is saved with ``save_pretrained`` and from then on loaded exactly like a real checkpoint.
@@ -80,10 +81,12 @@ class TinyConfig:
     image_size: int = 112
     stage0: TrainConfig = None        # set in __post_init__
     supervise: str = "answers"        # stage-0 loss on answers only: questions are templates, answers need the image
-    pack_turns: bool = False          # a scene's turns in one sequence, each hidden from the others (the mask's
-                                      # separate_turns): 5x the answers per sequence, no copying between turns.
-                                      # False: one QA turn per sequence. (Plain multi-turn sequences let answers
-                                      # be copied: "where" fell 53 -> 20 %.)
+    pack_turns: bool = True           # a scene's turns in one sequence, each hidden from the others (the mask's
+                                      # separate_turns): ~5x the answers per sequence, no copying between turns,
+                                      # and answers at the later positions of stage 1's dialogues (one turn per
+                                      # sequence: 84 % of turn-1 answers, 16 % of turn-5 ones in whole
+                                      # dialogues). Plain multi-turn sequences let answers be copied ("where"
+                                      # fell 53 -> 20 %).
 
     vision: TrainConfig = None        # ViT pre-training on token labels; set in __post_init__
     vision_scenes: int = 0            # seeded scenes for it, re-used across epochs (0: new scenes every step)
@@ -103,7 +106,7 @@ class TinyConfig:
 
     def __post_init__(self):
         if self.stage0 is None:
-            self.stage0 = TrainConfig(steps=3000, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=100,
+            self.stage0 = TrainConfig(steps=3000, batch_size=32, lr=3e-3, warmup_ratio=0.05, save_every=100,
                                       log_every=20, weight_decay=0.01)
         if self.vision is None:
             self.vision = TrainConfig(steps=1000, batch_size=64, lr=3e-3, warmup_ratio=0.05, save_every=0,
@@ -114,7 +117,9 @@ class TinyConfig:
         """Short stages for tests and notebooks' smoke mode: a working checkpoint, not a good VLM."""
         short = dict(lr=3e-3, warmup_ratio=0.05, save_every=0, log_every=50)
         # The first build's small ViT on a fixed set of scenes: the shipped one's costs ~4x more per step.
-        return cls(stage0=TrainConfig(steps=500, batch_size=32, **short),
+        # One turn a sequence: packed, its 360 scenes are memorised (stage-0 loss 0.003; 28.9 % of held-out
+        # answers one turn at a time against 30.2 % blind, where one turn a sequence reads 36.8 %).
+        return cls(stage0=TrainConfig(steps=500, batch_size=32, **short), pack_turns=False,
                    vision=TrainConfig(steps=250, batch_size=64, **short),
                    vision_depth=2, vision_dim=64, vision_scenes=1500, vision_objects=None, vision_heldout=200,
                    stage0_scenes=0)

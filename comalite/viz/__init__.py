@@ -19,7 +19,7 @@ What is where (import everything from ``comalite.viz`` itself):
 - ``compare``: :func:`plot_paired_differences` (a forest plot of per-seed paired differences with their
   95 % t-intervals) and :func:`plot_cosine_histogram` (own-target against other-candidate cosines).
 - ``space``: :func:`project_2d` (PCA or UMAP) and :func:`plot_embedding_space`.
-- ``gallery``: :func:`plot_query_candidates`, :func:`top_k`, :func:`plot_retrieval_gallery`,
+- ``gallery``: :func:`plot_query_candidates`, :func:`plot_answer_cards` (a model's answers under each image), :func:`top_k`, :func:`plot_retrieval_gallery`,
   :func:`plot_search_results` and :func:`neighbour_explorer`.
 - ``sliders``: :func:`slider` (a widget that redraws a picture as one setting moves) and :func:`strip` (the
   same picture for a few values side by side, its static copy), with the pictures the lessons move:
@@ -38,6 +38,7 @@ from .compare import plot_cosine_histogram, plot_paired_differences
 from .figures import binomial_interval, ema_smooth, plot_loss_curves, plot_results_bars, plot_similarity_matrix
 from .gallery import (
     neighbour_explorer,
+    plot_answer_cards,
     plot_query_candidates,
     plot_retrieval_gallery,
     plot_search_results,
@@ -54,6 +55,7 @@ from .style import (
     MODALITY_MARKERS,
     ROLE_COLOURS,
     SAVE_DPI,
+    WRONG_COLOUR,
 )
 
 # The diagrams load on first use: ``python -m comalite.viz.diagrams`` would otherwise find the module already
@@ -77,6 +79,7 @@ __all__ = [
     "MODALITY_MARKERS",
     "ROLE_COLOURS",
     "SAVE_DPI",
+    "WRONG_COLOUR",
     "binomial_interval",
     "draw_gradcache",
     "draw_infonce",
@@ -88,6 +91,7 @@ __all__ = [
     "draw_toy_scores",
     "ema_smooth",
     "neighbour_explorer",
+    "plot_answer_cards",
     "plot_attention_mask",
     "plot_budget_curve",
     "plot_cosine_histogram",

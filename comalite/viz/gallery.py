@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..data.images import load_image
-from .style import CORRECT_COLOUR, display_data, figure_png, save
+from .style import CORRECT_COLOUR, WRONG_COLOUR, display_data, figure_png, save
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -141,6 +141,38 @@ def plot_search_results(
             _frame(ax, CORRECT_COLOUR if correct else "#bbbbbb", 4 if correct else 1)
         for ax in row[1 + len(hits):]:
             ax.axis("off")
+    fig.tight_layout()
+    save(fig, save_to)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------- answer cards
+
+
+def plot_answer_cards(images: Sequence, columns: dict[str, Sequence[str]], *, truth: str = "truth",
+                      save_to: str | Path | None = None) -> Figure:
+    """One card per sample: its image (a path or a PIL image), then one line per column in order (e.g. the
+    question, the ``truth`` column, each model's answer); an answer equal to the truth is green, another red.
+    A picture of what a table of answers hides: the scene each question was asked about."""
+    n = len(images)
+    if any(len(values) != n for values in columns.values()):
+        raise ValueError(f"{n} images but columns of {sorted({len(v) for v in columns.values()})} entries")
+    fig, axes = plt.subplots(1, n, figsize=(2.7 * n, 2.7 + 0.42 * len(columns)), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        image = load_image(images[i]) if isinstance(images[i], (str, Path)) else images[i]
+        ax.imshow(np.asarray(image.convert("RGB")))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        y = -0.05
+        for line, (name, values) in enumerate(columns.items()):
+            text = _wrap(f"{name}: {values[i]}", 34, 2)
+            if name == truth or line == 0 or truth not in columns:
+                colour = "black"
+            else:
+                colour = CORRECT_COLOUR if str(values[i]) == str(columns[truth][i]) else WRONG_COLOUR
+            ax.text(0.0, y, text, transform=ax.transAxes, fontsize=8, va="top", color=colour,
+                    fontweight="bold" if name == truth else "normal")
+            y -= 0.1 * (text.count("\n") + 1) + 0.03
     fig.tight_layout()
     save(fig, save_to)
     return fig
