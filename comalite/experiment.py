@@ -41,7 +41,7 @@ from .experiment_report import REPORT_FILE, format_report
 from .experiment_stats import paired_difference, primary_comparisons, summarize
 from .pipeline import ensure_stage, evaluate_models, stage_config
 from .result import read_result
-from .runs import differences, run_lock
+from .runs import differences, read_record, run_lock
 from .stages import CONTRASTIVE_ONLY, STAGE2, Stage
 from .viz import plot_budget_curve, plot_paired_differences
 
@@ -96,6 +96,13 @@ def _shared_stage1(cfg: Config, cell: Cell, root: Path) -> None:
         os.symlink(shared / cell.stage.inherits, link)
 
 
+def _record(folder: Path) -> dict:
+    """What a trained cell was made from: its stage folder's run record (settings fingerprint and input
+    fingerprints), so a report row names the exact run behind its numbers."""
+    record = read_record(folder) or {}
+    return {"fingerprint": record.get("fingerprint"), "inputs": record.get("inputs")}
+
+
 def run_cell(preset: str, overrides: tuple[str, ...], cell: Cell, root: Path) -> dict:
     """Train (or reuse) and evaluate one cell; returns its scores, aggregates, training seconds and distinct
     training pairs."""
@@ -109,7 +116,7 @@ def run_cell(preset: str, overrides: tuple[str, ...], cell: Cell, root: Path) ->
         seconds += read_result(cfg.run_dir() / cell.stage.inherits)["metrics"]["train_seconds"]
     return {**dataclasses.asdict(cell), "scores": results["scores"][stage],
             "aggregates": results["aggregates"][stage], "train_seconds": seconds,
-            "train_pairs": read_result(folder)["metrics"]["train_pairs"],
+            "train_pairs": read_result(folder)["metrics"]["train_pairs"], "run_record": _record(folder),
             "n_queries": {d["name"]: d["n_queries"] for d in results["datasets"]}}
 
 

@@ -1,6 +1,8 @@
 """The miniature experiment's bookkeeping: which cells run, how seeds are paired, how the interval is made."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from scipy import stats
 
@@ -155,8 +157,6 @@ def test_no_report_outside_a_checkout_and_an_evaluations_results_are_named(tmp_p
 def test_a_pairs_experiment_writes_its_primary_comparisons_curve_and_forest_plot(tmp_path, monkeypatch):
     """The whole report path, with each cell's training and evaluation replaced by made-up scores (CoMa gains
     most where pairs are scarce): what runs, what is paired, what is written."""
-    import json
-
     import comalite.experiment as experiment
 
     groups = {"overall": 0.2, "IND": 0.2, "OOD": 0.2}
@@ -189,3 +189,14 @@ def test_a_pairs_experiment_writes_its_primary_comparisons_curve_and_forest_plot
     assert not (out / "budget_curve.png").exists()  # one budget: no curve
     assert (out / "results.md").read_text().index("Primary comparisons") < (out / "results.md").read_text().index(
         "## Split: all")
+
+
+def test_a_report_row_names_the_run_behind_it(tmp_path):
+    """Each row of results.json carries its stage folder's settings fingerprint and input fingerprints."""
+    from comalite.experiment import _record
+    from comalite.runs import make_record
+
+    record = make_record({"stage2": {"steps": 500}}, {"backbone": "2d9c", "data": "0993"})
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    assert _record(tmp_path) == {"fingerprint": record["fingerprint"], "inputs": {"backbone": "2d9c", "data": "0993"}}
+    assert _record(tmp_path / "missing") == {"fingerprint": None, "inputs": None}
