@@ -5,8 +5,8 @@
 
 Scores the preset's held-out stage-1 dialogues (``stage1.heldout``, the last ones of the stage-1 file) as
 ``objective.answer_accuracy`` does (``objective.answers_right``: teacher-forced exact match of every answer
-token, its ``<|im_end|>`` included), answer by answer, then groups them by ShapesWorld question template and by the turn an answer is in.
-Prints a table and, with ``--out``, writes it as JSON.
+token, its ``<|im_end|>`` included), answer by answer, then groups them by ShapesWorld question template and
+by the turn an answer is in. Prints a table and, with ``--out``, writes it as JSON.
 """
 from __future__ import annotations
 
@@ -34,7 +34,10 @@ def score_by_type(folder: Path, preset: str, compression_mask: bool) -> dict:
         for turn, (qa, ok) in enumerate(zip(dialogue.turns, verdicts), start=1):
             by_type[question_template(qa.question)].append(ok)
             by_turn[turn].append(ok)
-    table = lambda groups: {str(k): {"answers": len(v), "accuracy": sum(v) / len(v)} for k, v in groups.items()}  # noqa: E731
+
+    def table(groups: dict) -> dict:
+        return {str(k): {"answers": len(v), "accuracy": sum(v) / len(v)} for k, v in groups.items()}
+
     flat = [ok for verdicts in right for ok in verdicts]
     return {"result": str(folder), "compression_mask": compression_mask, "answers": len(flat),
             "accuracy": sum(flat) / len(flat), "by_question_type": table(by_type),

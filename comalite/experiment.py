@@ -77,7 +77,8 @@ def cell_config(preset: str, overrides: tuple[str, ...], cell: Cell, root: Path)
     folder = f"{f'pairs{cell.pairs}-' if cell.pairs else ''}steps{cell.steps}-seed{cell.seed}"
     sets = [*overrides, *(ablation.overrides if ablation else ()), *(ARMS[cell.arm] or ()),
             f"stage1.train.seed={cell.seed}", f"stage2.train.seed={cell.seed}", f"stage2.train.steps={cell.steps}",
-            *((f"stage2.per_subset_cap={cell.pairs}",) if cell.pairs else ()), f"out_dir={root / cell.label() / folder}"]
+            *((f"stage2.per_subset_cap={cell.pairs}",) if cell.pairs else ()),
+            f"out_dir={root / cell.label() / folder}"]
     if cell.split == "transfer":
         sets.append(f"stage2.subsets={','.join(TRANSFER_SUBSETS)}")
     return load_config(preset, sets)
@@ -152,7 +153,8 @@ def equal_compute_differences(rows: list[dict], full: int) -> dict:
                 == (arm, variant, "all", cap) and steps in (None, r["steps"])}
 
     out = {}
-    for cap in sorted({r.get("pairs", 0) for r in rows if r["variant"] == "equal_compute"}, key=lambda c: (not c, c)):
+    caps = {r.get("pairs", 0) for r in rows if r["variant"] == "equal_compute"}
+    for cap in sorted(caps, key=lambda c: (not c, c)):
         coma, longer = by_seed("coma", "", cap, full), by_seed("contrastive_only", "equal_compute", cap, None)
         common = sorted(set(coma) & set(longer))
         if common:

@@ -5,9 +5,9 @@
 
 ``lm_step`` is one optimizer step's forward and backward of stages 0 and 1; ``train_lm`` runs it in the loop.
 
-``answer_accuracy`` scores teacher-forced exact match (``answers_right``: answer by answer): an answer counts as right when the argmax at each of
-its tokens (its closing ``<|im_end|>`` included) is the true token. That is exactly "greedy decoding
-would produce this answer", without running a decoding loop.
+``answer_accuracy`` scores teacher-forced exact match (``answers_right``: answer by answer): an answer counts
+as right when the argmax at each of its tokens (its closing ``<|im_end|>`` included) is the true token. That is
+exactly "greedy decoding would produce this answer", without running a decoding loop.
 """
 from __future__ import annotations
 

@@ -181,3 +181,21 @@ def test_bench_search(bench, tmp_path):
     assert (small["n"], small["dim"], large["dim"]) == (3000, 16, 32) and "hnsw_recall_at_k" not in large
     assert 0 < small["exact_ms_per_query"] and 0 < small["hnsw_build_seconds"] and 0 < small["hnsw_ms_per_query"]
     assert 0.5 <= small["hnsw_recall_at_k"] <= 1   # a graph over 3,000 points finds most of the exact top 5
+
+
+def test_stage1_by_type_splits_the_runs_own_held_out_accuracy(bench, tiny_config):
+    """``stage1_by_type.py`` scores the same held-out answers the stage-1 run measured: its total is the run's
+    ``answer_accuracy_after``, its groups add up to every answer."""
+    from comalite.result import read_result
+    from comalite.stage1 import run_stage1
+
+    folder = run_stage1(tiny_config("stage1.train.steps=2", "stage1.train.batch_size=4"))
+    scores = bench("stage1_by_type").score_by_type(folder, "tiny-smoke", compression_mask=True)
+    metrics = read_result(folder)["metrics"]
+    assert scores["answers"] == metrics["heldout_answers"]
+    assert scores["accuracy"] == pytest.approx(metrics["answer_accuracy_after"])
+    for name in ("by_question_type", "by_turn"):
+        groups = scores[name].values()
+        assert sum(g["answers"] for g in groups) == scores["answers"]
+        assert sum(g["answers"] * g["accuracy"] for g in groups) == pytest.approx(scores["answers"] * scores["accuracy"])
+    assert list(scores["by_turn"])[:2] == ["1", "2"]

@@ -14,9 +14,10 @@ earns that role honestly:
    tokens) through the same loader, sequence builder, objective and training loop that stage 1 uses. Its
    data: the stage-1 training dialogues plus ``stage0_scenes`` more scenes drawn for it
    (``stage0_dialogues``), each scene's turns packed in one sequence where no turn sees another (the
-   mask's ``separate_turns``): many answers a step, at every position a stage-1 dialogue puts them. Beside the next-token loss, a grounding loss
-   (``comalite.tiny.pointing``) teaches attention heads to look at the cells a question is about, as a real
-   VLM learned from pre-training on boxed data: from answers alone the fresh LM never learns to look things up;
+   mask's ``separate_turns``): many answers a step, at every position a stage-1 dialogue puts them. Beside
+   the next-token loss, a grounding loss (``comalite.tiny.pointing``) teaches attention heads to look at the
+   cells a question is about, as a real VLM learned from pre-training on boxed data: from answers alone the
+   fresh LM never learns to look things up;
 5. the result is saved with ``save_pretrained`` and from then on loaded exactly like a real checkpoint.
 ``tiny_report.json`` beside it records what the ViT's tokens hold and the held-out answer accuracy, overall
 and by question type, against an image-blind baseline.
@@ -84,7 +85,7 @@ class TinyConfig:
     pack_turns: bool = True           # a scene's turns in one sequence, each hidden from the others (the mask's
                                       # separate_turns): ~5x the answers per sequence, no copying between turns,
                                       # and answers at the later positions of stage 1's dialogues (one turn per
-                                      # sequence: 84 % of turn-1 answers, 16 % of turn-5 ones in whole
+                                      # sequence: 81 % of turn-1 answers, 16 % of turn-5 ones in whole
                                       # dialogues). Plain multi-turn sequences let answers be copied ("where"
                                       # fell 53 -> 20 %).
 

@@ -19,8 +19,8 @@ What is where (import everything from ``comalite.viz`` itself):
 - ``compare``: :func:`plot_paired_differences` (a forest plot of per-seed paired differences with their
   95 % t-intervals) and :func:`plot_cosine_histogram` (own-target against other-candidate cosines).
 - ``space``: :func:`project_2d` (PCA or UMAP) and :func:`plot_embedding_space`.
-- ``gallery``: :func:`plot_query_candidates`, :func:`plot_answer_cards` (a model's answers under each image), :func:`top_k`, :func:`plot_retrieval_gallery`,
-  :func:`plot_search_results` and :func:`neighbour_explorer`.
+- ``gallery``: :func:`plot_query_candidates`, :func:`plot_answer_cards` (a model's answers under each image),
+  :func:`top_k`, :func:`plot_retrieval_gallery`, :func:`plot_search_results` and :func:`neighbour_explorer`.
 - ``sliders``: :func:`slider` (a widget that redraws a picture as one setting moves) and :func:`strip` (the
   same picture for a few values side by side, its static copy), with the pictures the lessons move:
   :func:`draw_softmax_rows` (InfoNCE's probabilities at a temperature, from :func:`softmax_rows`),
