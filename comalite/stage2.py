@@ -41,15 +41,16 @@ EVAL_BLOCK = 16      # held-out retrieval: each query against the targets of its
 
 def split_heldout(pairs: list[TrainPair], seed: int = 0) -> tuple[list[TrainPair], list[TrainPair]]:
     """Deterministic train / held-out split: a seeded random ``HELDOUT_FRACTION`` of each subset is held
-    out (at least one pair), both parts in file order. Random, not every n-th row: generators often cycle
-    their classes (ShapesWorld's counts go one, two, three, four, ...), and a stride would hold out a
-    single class."""
+    out (at least two pairs, one where a subset has fewer than four), both parts in file order. Random, not
+    every n-th row: generators often cycle their classes (ShapesWorld's counts go one, two, three, four, ...),
+    and a stride would hold out a single class."""
     by_subset: dict[str, list[int]] = {}
     for i, pair in enumerate(pairs):
         by_subset.setdefault(pair.subset, []).append(i)
     held: set[int] = set()
     for k, (_, rows) in enumerate(sorted(by_subset.items())):
-        n = max(1, round(len(rows) * HELDOUT_FRACTION))
+        # At least two where the subset allows: held-out retrieval ranks a pair against another of its subset.
+        n = max(1 if len(rows) < 4 else 2, round(len(rows) * HELDOUT_FRACTION))
         held.update(rows[j] for j in np.random.default_rng([seed, k]).choice(len(rows), size=n, replace=False))
     return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 

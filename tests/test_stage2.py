@@ -30,6 +30,16 @@ def test_heldout_split_is_a_seeded_random_twentieth_of_each_subset():
     assert split_heldout(pairs, seed=1)[1] != heldout
 
 
+def test_a_scarce_subset_still_holds_out_two_pairs_to_rank_against_each_other():
+    """The experiment's scarcest point caps a subset at 10 pairs: 5 % would be one held-out pair, and held-out
+    retrieval needs two of a subset. Below four pairs one is held out, so one may still train."""
+    def held(n):
+        pairs = [TrainPair(EmbedInput(f"q{i}"), EmbedInput(f"t{i}"), subset="a") for i in range(n)]
+        return len(split_heldout(pairs)[1])
+
+    assert [held(n) for n in (1, 3, 4, 10, 29, 30, 40, 200)] == [1, 1, 2, 2, 2, 2, 2, 10]
+
+
 class _LookupBackbone:
     """Stands in for a backbone in ``encode``: each text has a fixed vector."""
 
