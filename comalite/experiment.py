@@ -204,8 +204,8 @@ def check_report_folder(out: Path, settings: dict, *, overwrite: bool = False) -
 
 def run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts: tuple[str, ...],
                    seeds: list[int], budgets: list[int], overwrite: bool = False) -> dict:
-    """Run (or reuse) every cell, then write ``results.json``, ``results.md`` and ``budget_curve.png`` into
-    ``out``. Runs live under the base config's run folder, so a rerun only does what is missing.
+    """Run (or reuse) every cell, then write ``results.json``, ``results.md`` and the plots into ``out``. Runs live
+    under ``<the base config's run folder>/grid``, so a rerun only does what is missing.
 
     Before any work: unknown ``parts`` are a ConfigError; a report in ``out`` made with other settings is
     refused unless ``overwrite``; ``out`` is locked until the report is written (a second experiment into it
@@ -224,7 +224,9 @@ def _run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts
                     seeds: list[int], budgets: list[int]) -> dict:
     base = load_config(preset, list(overrides))
     full = base.stage2.train.steps
-    root = base.run_dir()
+    # The grid's run folders sit in a folder of their own: inside the preset's stage folders (runs/<name>/stage2,
+    # contrastive_only, ...) a `comalite demo --overwrite` of the same preset would empty them.
+    root = base.run_dir() / "grid"
     untrained = evaluate_models(base, ["base"])  # the VLM with untrained compression tokens: the floor
     compute = equal_compute_steps(cell_config(preset, overrides, Cell("coma", full, seeds[0]), root)) \
         if "compute" in parts else None
