@@ -23,10 +23,14 @@ from .sequence import dialogue_examples, embed_example
 from .stage2 import split_heldout
 
 SAMPLE = 512
-"""Training items whose lengths are measured (seeded): enough for a mean within ~1 %, cheap at real sizes."""
+"""Training items whose lengths are measured: enough for a mean within ~1 %, cheap at real sizes."""
+
+SAMPLE_SEED = 0
+"""Their sample's seed, fixed: counts must not change with a run's training seed, or an experiment's seeds would
+size their equal-compute arms differently."""
 
 
-def _sample(items: list, seed: int) -> list:
+def _sample(items: list, seed: int = SAMPLE_SEED) -> list:
     if len(items) <= SAMPLE:
         return items
     return [items[i] for i in sorted(np.random.default_rng(seed).choice(len(items), SAMPLE, replace=False))]
@@ -42,7 +46,7 @@ def stage1_tokens_per_step(cfg: Config) -> float:
     """Mean tokens of one stage-1 optimizer step: ``batch_size`` training dialogues, image and K tokens included."""
     s1 = cfg.stage1
     dialogues = stage1_dialogues(cfg)[:-s1.heldout]
-    lengths = [len(ex.input_ids) for ex in dialogue_examples(_processor(cfg), _sample(dialogues, s1.train.seed), s1)]
+    lengths = [len(ex.input_ids) for ex in dialogue_examples(_processor(cfg), _sample(dialogues), s1)]
     return float(np.mean(lengths)) * s1.train.batch_size
 
 
@@ -57,7 +61,7 @@ def stage2_tokens_per_step(cfg: Config) -> float:
         return pair.query, pair.positive, *((pair.negative,) if s2.hard_negatives and pair.negative else ())
 
     per_pair = [sum(len(embed_example(processor, item).input_ids) for item in sides(p))
-                for p in _sample(train, s2.train.seed)]
+                for p in _sample(train)]
     return float(np.mean(per_pair)) * s2.train.batch_size
 
 

@@ -22,12 +22,18 @@ def test_tokens_per_step_are_the_mean_training_item_times_the_batch(tiny_config,
     assert compute.stage1_tokens_per_step(cfg) == pytest.approx(np.mean(lengths) * cfg.stage1.train.batch_size)
 
     train, _ = split_heldout(train_pairs(cfg))
-    sample = compute._sample(train, cfg.stage2.train.seed)  # more pairs than SAMPLE here
+    sample = compute._sample(train)  # more pairs than SAMPLE here
     pair = [len(embed_example(processor, p.query).input_ids) + len(embed_example(processor, p.positive).input_ids)
             for p in sample]
     assert compute.stage2_tokens_per_step(cfg) == pytest.approx(np.mean(pair) * cfg.stage2.train.batch_size)
     negatives = tiny_config("stage2.hard_negatives=true")
     assert compute.stage2_tokens_per_step(negatives) > compute.stage2_tokens_per_step(cfg)  # a third side a pair
+
+
+def test_counts_do_not_depend_on_the_training_seed(tiny_config):
+    """An experiment sizes every seed's equal-compute arm from one count: a seed must not move it."""
+    assert compute.stage2_tokens_per_step(tiny_config("stage2.train.seed=3")) == \
+        compute.stage2_tokens_per_step(tiny_config("stage2.train.seed=0"))
 
 
 def test_equal_compute_adds_stage_one_tokens_as_stage_two_steps(tiny_config, monkeypatch):
