@@ -52,7 +52,7 @@ def lm_loss(backbone: Backbone, batch: dict, *, compression_mask: bool = True,
 
 @torch.no_grad()
 def _scored_answers(backbone: Backbone, examples: list[Example], compression_mask: bool,
-                    batch_size: int) -> Iterator[tuple[list[bool], float]]:
+                    batch_size: int, separate_turns: bool = False) -> Iterator[tuple[list[bool], float]]:
     """Per example, in order: whether each of its answers is reproduced exactly (teacher forced), and the summed
     cross-entropy of its answer tokens."""
     was_training = backbone.training
@@ -60,7 +60,7 @@ def _scored_answers(backbone: Backbone, examples: list[Example], compression_mas
     pad_id = backbone.processor.tokenizer.pad_token_id
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size], pad_id)
-        hidden = _forward(backbone, batch, compression_mask)
+        hidden = _forward(backbone, batch, compression_mask, separate_turns)
         is_answer = (batch["roles"] == ANSWER)[:, 1:].to(hidden.device)
         truth = batch["input_ids"][:, 1:].to(hidden.device)
         for b in range(truth.shape[0]):
@@ -75,10 +75,11 @@ def _scored_answers(backbone: Backbone, examples: list[Example], compression_mas
 
 
 def answers_right(backbone: Backbone, examples: list[Example], *, compression_mask: bool = True,
-                  batch_size: int = 32) -> list[list[bool]]:
+                  batch_size: int = 32, separate_turns: bool = False) -> list[list[bool]]:
     """Per example, whether each of its answers (in order: one per question/answer turn) is reproduced exactly
-    under teacher forcing (= greedy decoding): what ``answer_accuracy`` counts, answer by answer."""
-    return [right for right, _ in _scored_answers(backbone, examples, compression_mask, batch_size)]
+    under teacher forcing (= greedy decoding): what ``answer_accuracy`` counts, answer by answer.
+    ``separate_turns``: each turn sees the image part and itself only (``comalite.mask``)."""
+    return [right for right, _ in _scored_answers(backbone, examples, compression_mask, batch_size, separate_turns)]
 
 
 def answer_accuracy(backbone: Backbone, examples: list[Example], *, compression_mask: bool = True,

@@ -199,3 +199,17 @@ def test_stage1_by_type_splits_the_runs_own_held_out_accuracy(bench, tiny_config
         assert sum(g["answers"] for g in groups) == scores["answers"]
         assert sum(g["answers"] * g["accuracy"] for g in groups) == pytest.approx(scores["answers"] * scores["accuracy"])
     assert list(scores["by_turn"])[:2] == ["1", "2"]
+
+
+def test_stage1_by_type_scores_the_vlm_itself_as_its_build_report_did(bench, tiny_checkpoint):
+    """``--vlm``: the preset's VLM on the held-out dialogues without compression tokens, image in view: the whole-
+    dialogue accuracy its build report measured; hiding the other turns changes the verdicts of later turns only."""
+    report = json.loads((tiny_checkpoint / "tiny_report.json").read_text())
+    script = bench("stage1_by_type")
+    plain = script.score_by_type(None, "tiny-smoke", compression_mask=False)
+    assert plain["answers"] == report["heldout_answers"]
+    # The build scored its full-precision model; here it loads in nf4, as every stage does: an answer or two flips.
+    assert plain["accuracy"] == pytest.approx(report["heldout_answer_accuracy"], abs=0.02)
+    hidden = script.score_by_type(None, "tiny-smoke", compression_mask=False, separate_turns=True)
+    assert hidden["by_turn"]["1"] == plain["by_turn"]["1"]  # the first turn has no other turn before it
+
