@@ -34,8 +34,8 @@ def score_by_type(folder: Path | None, preset: str, compression_mask: bool, sepa
     # A fresh stage-1 LoRA is zero: load_stage1_backbone is the VLM itself, its compression tokens unused here.
     backbone = (load_result(folder) if folder else load_stage1_backbone(cfg)).eval()
     examples = dialogue_examples(backbone.processor, heldout, cfg.stage1, with_compression=folder is not None)
-    right = answers_right(backbone, examples, compression_mask=compression_mask and folder is not None,
-                          separate_turns=separate_turns)
+    compression_mask = compression_mask and folder is not None  # the VLM alone has no tokens to go through
+    right = answers_right(backbone, examples, compression_mask=compression_mask, separate_turns=separate_turns)
     by_type, by_turn = collections.defaultdict(list), collections.defaultdict(list)
     for dialogue, verdicts in zip(heldout, right):
         for turn, (qa, ok) in enumerate(zip(dialogue.turns, verdicts), start=1):
@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     if (args.result is None) == (not args.vlm):
         parser.error("give a stage-1 result folder or --vlm (one of them)")
-    scores = score_by_type(args.result, args.preset, compression_mask=not (args.image_in_view or args.vlm),
+    scores = score_by_type(args.result, args.preset, compression_mask=not args.image_in_view,
                            separate_turns=args.separate_turns)
     print(f"{scores['answers']} answers, {100 * scores['accuracy']:.1f} % right "
           f"({'through the compression tokens' if scores['compression_mask'] else 'image in view'})")

@@ -351,7 +351,7 @@ def build_tiny_vlm(out_dir: str | Path, tc: TinyConfig, data_cfg: Config, vision
         # the honest blind baseline (per template, >= uniform); reports before it held a per-question-string one
         "heldout_blind_accuracy": blind_baseline(stage0, heldout), "blind_baseline": BLIND_BASELINE,
         "language": language,
-        # ... and one QA turn per sequence, as stage 0 trains, overall and by question type
+        # ... and one QA turn per sequence (each answer right after its image), overall and by question type
         "heldout_turn_accuracy": sum(t["accuracy"] * t["answers"] for t in by_type.values()) / n_turns,
         "heldout_turn_blind": sum(t["blind"] * t["answers"] for t in by_type.values()) / n_turns,
         "heldout_by_question_type": by_type,
