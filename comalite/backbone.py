@@ -244,8 +244,7 @@ def load_backbone(cfg: ModelConfig, *, adapters: list[tuple[str, str | Path]] = 
     saved_rows = CompressionTokens.load(compression_from) if compression_from else None
     n_compress = len(saved_rows.token_ids) if saved_rows is not None else cfg.n_compress
     try:
-        processor = VLProcessor.from_pretrained(checkpoint, n_compress=n_compress,
-                                                min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        processor = VLProcessor.for_model(checkpoint, cfg, n_compress)
         hf_config = transformers.AutoConfig.from_pretrained(str(checkpoint))
     except OSError as err:
         raise offline_error(cfg.backbone, err) from err

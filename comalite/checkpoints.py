@@ -51,9 +51,10 @@ def resolve_checkpoint(backbone: str) -> Path | str:
     return backbone
 
 
-def verify_checksums(folder: Path, *, required: bool = False) -> None:
+def verify_checksums(folder: Path, *, required: bool = False, fix: str | None = None) -> None:
     """Check every file listed in ``folder/CHECKSUMS`` (``<sha256>  <name>`` lines, as ``sha256sum`` writes
-    them; blank lines are skipped): a shipped checkpoint must be the one its report describes.
+    them; blank lines are skipped): a shipped checkpoint must be the one its report describes. ``fix`` says how
+    to restore the folder (default: the tiny checkpoints' ways).
 
     A file that is missing or whose sha256 differs, a malformed line, or (``required``: the named ``tiny`` /
     ``tiny-smoke`` checkpoints) a missing listing raise ``ChecksumError``, one line naming the file and how
@@ -63,9 +64,10 @@ def verify_checksums(folder: Path, *, required: bool = False) -> None:
     listing = folder / CHECKSUMS
     shipped = repo_dir() is not None and folder.resolve().parent == (repo_dir() / "data").resolve()
     smoke = " --smoke" if folder.name.endswith("-smoke") else ""
-    fix = (f"restore it with `git checkout data/{folder.name}`" if shipped else
-           f"rebuild the checkpoint with `comalite build-tiny{smoke}` ({'a minute' if smoke else 'an hour on a CPU'})"
-           f", or copy data/{folder.name} from a comalite checkout")
+    took = "a minute" if smoke else "an hour on a CPU"
+    fix = fix or (f"restore it with `git checkout data/{folder.name}`" if shipped else
+                  f"rebuild the checkpoint with `comalite build-tiny{smoke}` ({took}), or copy data/{folder.name} "
+                  "from a comalite checkout")
     if not listing.exists():
         if required:
             raise ChecksumError(f"{listing} is missing, so the weights in {folder} cannot be verified: {fix}")
@@ -99,8 +101,10 @@ def checkpoint_fingerprint(backbone: str) -> str:
 
 
 def write_checksums(folder: Path) -> None:
-    """``CHECKSUMS`` (``sha256sum`` format) of every file in ``folder``; ``verify_checksums`` reads it."""
-    lines = [f"{sha256_file(p)}  {p.name}\n" for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS]
+    """``CHECKSUMS`` (``sha256sum`` format) of every file under ``folder``, sub-folders included (by relative
+    path, as ``sha256sum`` run in ``folder`` writes it); ``verify_checksums`` reads it."""
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    lines = [f"{sha256_file(folder / name)}  {name}\n" for name in files if name != CHECKSUMS]
     (folder / CHECKSUMS).write_text("".join(lines))
 
 

@@ -9,6 +9,7 @@
     comalite build-tiny [--smoke]                    # rebuild the tiny VLM in data/
     comalite stage1-data --images DIR --out FILE     # QA dialogues for real images
     comalite export RESULT --out DIR [--base B]      # a result folder for plain transformers + peft
+    comalite reference  [--preset P] [--out DIR]     # ship a finished run as the demo's converged reference
     comalite config     [--preset P]                 # print the resolved configuration
 
 A run folder records the settings and inputs that made it: the same command resumes or reuses it; other
@@ -27,8 +28,10 @@ import signal
 import sys
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .config import load_config, preset_names
 from .errors import ComaliteError
+from .paths import data_dir
 from .stages import for_init
 
 
@@ -119,7 +122,23 @@ def cmd_demo(args) -> None:
     cfg = _config(args)
     results = _pipeline().run_all(cfg, overwrite=args.overwrite)
     print(format_table(results))
+    from . import reference
+
+    beside = reference.report(cfg, results)
+    atomic_write_text(cfg.run_dir() / "eval" / "beside_reference.md", beside)
+    print(beside)
     print(f"results, checkpoints and plots under {cfg.run_dir()}")
+
+
+def cmd_reference(args) -> None:
+    from . import reference
+
+    cfg = _config(args)
+    results = _pipeline().run_all(cfg, overwrite=args.overwrite)
+    out = Path(args.out) if args.out else data_dir() / "references" / cfg.name
+    reference.ship(cfg.run_dir(), out)
+    print(f"shipped {cfg.run_dir()} as the converged reference {out} (overall P@1: "
+          + ", ".join(f"{m} {100 * results['aggregates'][m]['overall']:.1f}" for m in results["models"]) + ")")
 
 
 def _one_process(command: str) -> None:
@@ -223,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--models", default="base,stage1,contrastive_only,stage2",
         help="comma-separated: base, stage1, stage2, contrastive_only, or result folders")
     add("demo", cmd_demo, "the whole recipe on the preset (default: tiny)", overwrite=True)
+    add("reference", cmd_reference, "train and evaluate the preset, then ship it as a converged reference "
+        "into data/references/<preset> (the demo shows it beside its own run)", overwrite=True).add_argument(
+        "--out", default="", help="reference folder to write (default: data/references/<preset name>)")
     p = add("export", cmd_export, "a result folder as one plain transformers + peft model", preset=False)
     p.add_argument("result", help="a stage-1 or stage-2 result folder (holds result.json)")
     p.add_argument("--out", required=True, help="folder to write (replaces an earlier export there)")

@@ -37,9 +37,7 @@ def _sample(items: list, seed: int = SAMPLE_SEED) -> list:
 
 
 def _processor(cfg: Config) -> VLProcessor:
-    m = cfg.model
-    return VLProcessor.from_pretrained(resolve_checkpoint(m.backbone), n_compress=m.n_compress,
-                                       min_pixels=m.min_pixels, max_pixels=m.max_pixels)
+    return VLProcessor.for_model(resolve_checkpoint(cfg.model.backbone), cfg.model)
 
 
 def stage1_tokens_per_step(cfg: Config) -> float:

@@ -80,7 +80,8 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 200             # checkpoint period in optimizer steps (0: only at the end)
     log_every: int = 10
-    divergence_factor: float = 5.0    # stop when a loss is this many times (and 1 nat over) its recent mean; 0: off
+    divergence_factor: float = 5.0    # stop when a loss is this many times its recent mean (and 1 nat over its
+                                      # recent max); 0: off
 
 
 @dataclass

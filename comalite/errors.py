@@ -35,7 +35,7 @@ class RunLockedError(ComaliteError):
 
 
 class NonFiniteLossError(ComaliteError, RuntimeError):
-    """The loss (or gradient norm) became NaN/inf or jumped far above its recent level; the last good
+    """The loss (or gradient norm) became NaN/inf or stayed far above its recent level; the last good
     checkpoint was kept."""
 
 

@@ -220,8 +220,7 @@ def export_model(result_dir: str | Path, out_dir: str | Path, *, base: str | Non
     base = base or (str(checkpoint) if cfg.backbone in NAMED_CHECKPOINTS else cfg.backbone)
     rows = CompressionTokens.load(result_dir)
     k = len(rows.token_ids)
-    processor = VLProcessor.from_pretrained(checkpoint, n_compress=k, min_pixels=cfg.min_pixels,
-                                            max_pixels=cfg.max_pixels)
+    processor = VLProcessor.for_model(checkpoint, cfg, k)
     embed_name, n_rows, model_class = input_embedding(checkpoint)
     if max(rows.token_ids) >= n_rows:  # comalite grew the table for them; peft cannot load rows past its end
         raise ComaliteError(f"{cfg.backbone}'s input embedding has {n_rows} rows, too few for the compression "

@@ -31,6 +31,7 @@ import transformers
 from .config import BOOKKEEPING, Config, load_config
 from .paths import figures_dir, repo_dir
 from .progress import progress_enabled
+from .reference import find as find_reference
 from .runs import flatten
 from .roles import CONTEXT, ROLE_NAMES
 from .viz import SAVE_DPI, role_segments
@@ -68,6 +69,14 @@ class Lesson:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=SAVE_DPI, bbox_inches="tight")
         return path
+
+    def reference(self) -> Path | None:
+        """The converged reference made from this run's VLM, data and model settings (``comalite.reference``:
+        the same recipe trained far longer), or None after saying why there is none."""
+        folder, why_not = find_reference(self.cfg)
+        if folder is None:
+            print(f"no converged reference for this run ({'; '.join(why_not)})")
+        return folder
 
     @staticmethod
     def shown(path: str | Path | None) -> str:

@@ -30,6 +30,7 @@ SHIPPED_DIR = PACKAGE_DIR / "shipped"
 SHIPPED: dict[str, str] = {
     "tiny-vlm": "data/tiny-vlm",
     "tiny-vlm-smoke": "data/tiny-vlm-smoke",
+    "references": "data/references",
     "experiments/does_compression_help/results.json": "docs/experiments/does_compression_help/results.json",
     "experiments/does_compression_help/results.md": "docs/experiments/does_compression_help/results.md",
 }

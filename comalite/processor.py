@@ -48,6 +48,13 @@ class VLProcessor:
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(path), **pixels)
         return cls(tokenizer, image_processor, n_compress)
 
+    @classmethod
+    def for_model(cls, checkpoint: str | Path, cfg, n_compress: int | None = None) -> "VLProcessor":
+        """The processor a ``ModelConfig`` reads its inputs with: the checkpoint's, at the config's image sizes,
+        with its K compression tokens (``n_compress``: a result folder's own K instead)."""
+        return cls.from_pretrained(checkpoint, n_compress=cfg.n_compress if n_compress is None else n_compress,
+                                   min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+
     def save_pretrained(self, path: str | Path) -> None:
         self.tokenizer.save_pretrained(str(path))
         self.image_processor.save_pretrained(str(path))

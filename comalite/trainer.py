@@ -10,9 +10,11 @@ and the run's fingerprint) are written to a temporary file and moved into place,
 destroys the last good one; each also stores a sha256 of everything else in it (``state_hash``: torch itself
 does not notice a flipped byte in tensor data), and a checkpoint that no longer matches it is refused. A checkpoint is only written once the weights in it have produced a healthy
 loss: the periodic save after step ``s`` happens during step ``s + 1``, after its loss is checked and
-before its update. So when a loss is NaN/inf, or jumps above ``divergence_factor`` times its recent mean
-(a divergence that a finite check would miss), the run stops and the checkpoint on disk predates the
-update that caused it.
+before its update. So when a loss is NaN/inf, the run stops and the checkpoint on disk predates the update that
+caused it. A finite divergence (which a NaN check would miss) is a loss above ``divergence_factor`` times its
+recent mean and a nat above its recent maximum for ``SPIKE_PATIENCE`` steps in a row: one such batch is a spike
+(stage 2's batches each come from a few subsets, whose losses differ several-fold), and it trains on; while
+spikes last no checkpoint is written, so the one on disk still predates them when the run stops.
 
 Under ``torch.distributed`` (``torchrun``) every rank runs the same loop on its share of the batch; the
 gradients of the trainable parameters are averaged across ranks once per optimizer step (one flat
@@ -41,6 +43,7 @@ from .progress import progress_bar
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 RECENT = 20  # losses the divergence guard averages over
+SPIKE_PATIENCE = 3  # losses in a row far above the recent ones that make a divergence (one alone is a spike)
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: float):
@@ -137,6 +140,7 @@ class Trainer:
         self.scheduler = cosine_schedule(self.optimizer, cfg.steps, cfg.warmup_ratio)
         self.step = 0
         self.saved_step: int | None = None  # the step of the checkpoint on disk, if any
+        self.spikes = 0  # losses in a row far above the ones before them (``_check``)
         self.history: list[dict] = []
 
     @property
@@ -205,18 +209,23 @@ class Trainer:
         dist.all_reduce(mean)
         return float(mean) / dist.get_world_size()
 
-    def _check(self, step: int, loss: float, grad_norm: float) -> None:
-        """Stop on a NaN/inf loss or gradient, or a loss far above its recent mean; the checkpoint stays."""
-        recent = [h["loss"] for h in self.history[-RECENT:]]
-        # Both a ratio and at least one nat: near-zero losses may double without anything going wrong.
-        diverged = (self.cfg.divergence_factor > 0 and bool(recent) and math.isfinite(loss)
-                    and loss > self.cfg.divergence_factor * np.mean(recent) and loss > np.mean(recent) + 1.0)
-        if math.isfinite(loss) and math.isfinite(grad_norm) and not diverged:
-            return
+    def _check(self, step: int, loss: float, grad_norm: float) -> bool:
+        """Stop on a NaN/inf loss or gradient, or on the ``SPIKE_PATIENCE``-th loss in a row far above the ones
+        before the first of them; the checkpoint stays. Returns whether this loss is such a spike."""
+        if self.cfg.divergence_factor > 0 and math.isfinite(loss):
+            before = [h["loss"] for h in self.history[:len(self.history) - self.spikes][-RECENT:]]
+            # A ratio to the mean, and a nat above the maximum: near-zero losses may double with nothing wrong.
+            spike = bool(before) and loss > self.cfg.divergence_factor * np.mean(before) and loss > max(before) + 1
+            self.spikes = self.spikes + 1 if spike else 0
+            if self.spikes < SPIKE_PATIENCE and math.isfinite(grad_norm):
+                return spike
+        elif math.isfinite(loss) and math.isfinite(grad_norm):
+            return False
         kept = (f"the last good checkpoint ({self.checkpoint_path}, step {self.saved_step}) is kept"
                 if self.saved_step is not None else "no checkpoint had been written yet")
-        what = (f"loss {loss:.4g} jumped above {self.cfg.divergence_factor:g}x its recent mean {np.mean(recent):.4g}"
-                if diverged else f"loss {loss} / gradient norm {grad_norm}")
+        what = (f"loss {loss:.4g} stayed above {self.cfg.divergence_factor:g}x its recent mean "
+                f"{np.mean(before):.4g} for {self.spikes} steps" if self.spikes >= SPIKE_PATIENCE
+                else f"loss {loss} / gradient norm {grad_norm}")
         raise NonFiniteLossError(
             f"{self.desc}: {what} at step {step}; {kept}. Lower the learning rate (--set ...train.lr=...) and start "
             "again with --overwrite (or into another out_dir); also check the data, or use fp32/bf16 instead of fp16.")
@@ -235,9 +244,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._sync(float(self.step_fn(step)))
             grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.max_grad_norm))
-            self._check(step, loss, grad_norm)
-            if save_pending:  # the weights of the last save point just gave a healthy loss: keep them
+            spike = self._check(step, loss, grad_norm)
+            if save_pending and not spike:  # the weights of the last save point just gave a healthy loss: keep them
                 self.save_checkpoint(rng)
+                save_pending = False
             self.optimizer.step()
             self.scheduler.step()
             self.step = step + 1
@@ -246,7 +256,7 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}")
             if self.step % max(1, self.cfg.log_every) == 0:
                 log.info("%s step %d loss %.4f", self.desc, self.step, loss)
-            save_pending = bool(self.cfg.save_every) and self.step % self.cfg.save_every == 0
+            save_pending = save_pending or (bool(self.cfg.save_every) and self.step % self.cfg.save_every == 0)
         if steps and (self.step == self.cfg.steps or stop_at is not None):
             self.save_checkpoint()
         if is_writer():

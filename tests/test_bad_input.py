@@ -322,7 +322,7 @@ def test_a_bad_setting_is_one_message_before_anything_runs(capsys, no_model_load
 
 def test_an_unknown_preset_lists_the_known_ones(capsys):
     assert cli_error(capsys, "config", "--preset", "qwen2-vl-2B").startswith(
-        "no preset 'qwen2-vl-2B'; known presets: qwen2-vl-2b, qwen2.5-vl-3b, qwen2.5-vl-7b-writer, tiny, tiny-experiment, tiny-long, tiny-smoke (or a .yaml path)")
+        "no preset 'qwen2-vl-2B'; known presets: qwen2-vl-2b, qwen2.5-vl-3b, qwen2.5-vl-7b-writer, tiny, tiny-experiment, tiny-long, tiny-reference, tiny-smoke (or a .yaml path)")
 
 
 def test_stage2_with_init_backbone_runs_the_contrastive_only_baseline(capsys, tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ def _toy(tmp_path, steps=6, save_every=2, bad_step=None, bad_loss=float("inf"), 
         # dropout makes the loss depend on the RNG stream, so resume must restore it
         loss = torch.nn.functional.dropout(x @ weight.T, p=0.5).pow(2).mean()
         loss.backward()
-        return bad_loss if step == bad_step else loss.item()
+        return bad_loss if step in (bad_step if isinstance(bad_step, tuple) else (bad_step,)) else loss.item()
 
     cfg = TrainConfig(steps=steps, lr=0.05, warmup_ratio=0.0, save_every=save_every, log_every=1)
     return weight, Trainer({"w": weight}, cfg, tmp_path, step_fn, fingerprint=fingerprint)
@@ -64,11 +64,30 @@ def test_nan_guard_stops_and_keeps_the_checkpoint_before_the_bad_weights(tmp_pat
 def test_a_finite_divergence_stops_the_run_too(tmp_path):
     _, reference = _toy(tmp_path / "ok", steps=3)
     losses = [h["loss"] for h in reference.run()]
-    jump = 10 * max(losses) + 2  # finite, far above the recent mean
-    _, trainer = _toy(tmp_path / "bad", steps=6, save_every=1, bad_step=3, bad_loss=jump)
-    with pytest.raises(NonFiniteLossError, match=r"jumped above 5x its recent mean.*step 3.*step 2\)"):
+    jump = 10 * max(losses) + 2  # finite, far above the recent mean, and it stays there
+    _, trainer = _toy(tmp_path / "bad", steps=8, save_every=1, bad_step=(3, 4, 5), bad_loss=jump)
+    with pytest.raises(NonFiniteLossError, match=r"stayed above 5x its recent mean .* for 3 steps at step 5.*step 2\)"):
         trainer.run()
+    # The save due before step 3 waited for a healthy loss, which never came: the one on disk predates the jumps.
     assert torch.load(tmp_path / "bad" / CHECKPOINT, weights_only=False)["step"] == 2
+
+
+def test_a_spike_trains_on_and_delays_the_save_until_a_healthy_loss(tmp_path):
+    # Stage 2's batches each come from a few subsets, whose losses differ several-fold: a long run meets a
+    # loss of 2 beside a recent mean of 0.35 now and then. Two such losses in a row are still spikes.
+    script = iter([0.3] * 19 + [2.0, 2.1, 0.3, 0.3, 30.0, 31.0, 30.0, 0.3])
+    weight = torch.nn.Parameter(torch.zeros(1))
+
+    def step_fn(step):
+        weight.sum().backward()
+        return next(script)
+
+    trainer = Trainer({"w": weight}, TrainConfig(steps=27, lr=0.01, save_every=20, log_every=1), tmp_path,
+                      step_fn, fingerprint="spikes")
+    with pytest.raises(NonFiniteLossError, match="loss 30 stayed above 5x its recent mean 0.475 for 3 steps"):
+        trainer.run()
+    assert [h["loss"] for h in trainer.history][19:] == [2.0, 2.1, 0.3, 0.3, 30.0, 31.0]
+    assert trainer.saved_step == 21  # due after step 20, taken at step 22's healthy loss (after 21 updates)
 
 
 def test_a_checkpoint_of_another_run_or_model_is_refused(tmp_path):

@@ -173,6 +173,13 @@ def test_loss_curves_plots_each_run(tmp_path):
     assert legend_texts(ax.get_legend()) == ["stage 1", "stage 2"]
 
 
+def test_loss_curves_on_log_steps_count_from_one():
+    fig = viz.plot_loss_curves({"short": [3.0, 2.0], "long": [3.0, 2.0, 1.0, 0.5]}, log_steps=True)
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log"
+    assert [line.get_xdata().tolist() for line in ax.lines] == [[1, 2], [1, 2, 3, 4]]
+
+
 def test_loss_curves_smoothing_keeps_raw_line_in_same_colour():
     fig = viz.plot_loss_curves({"run": [4.0, 1.0, 3.0, 0.5]}, smooth=0.6)
     (ax,) = fig.axes

@@ -39,23 +39,27 @@ def plot_loss_curves(
     xlabel: str = "step",
     ylabel: str = "loss",
     title: str | None = None,
+    log_steps: bool = False,
     save_to: str | Path | None = None,
 ) -> Figure:
     """Plot one line per run against the index of each value (step, epoch or log entry).
 
     ``smooth`` is an EMA weight in [0, 1): above 0 each run is drawn faint as logged with its smoothed
-    curve on top in the same colour, so noise and trend are both visible.
+    curve on top in the same colour, so noise and trend are both visible. ``log_steps``: the x axis on a log
+    scale, counting from 1, so that a run of 60 steps stays visible beside one of 6,000.
     """
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, values in curves.items():
         y = np.asarray(values, dtype=float).ravel()
-        x = np.arange(len(y))
+        x = np.arange(1, len(y) + 1) if log_steps else np.arange(len(y))
         if smooth:
             # A label starting with "_" keeps the raw line out of the legend.
             (raw,) = ax.plot(x, y, lw=1, alpha=0.3, label=f"_{name} (raw)")
             ax.plot(x, ema_smooth(y, smooth), lw=1.8, color=raw.get_color(), label=name)
         else:
             ax.plot(x, y, lw=1.5, label=name)
+    if log_steps:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
