@@ -63,14 +63,15 @@ def _scored_answers(backbone: Backbone, examples: list[Example], compression_mas
         hidden = _forward(backbone, batch, compression_mask, separate_turns)
         is_answer = (batch["roles"] == ANSWER)[:, 1:].to(hidden.device)
         truth = batch["input_ids"][:, 1:].to(hidden.device)
-        for b in range(truth.shape[0]):
-            logits = backbone.lm_head(hidden[b, :-1][is_answer[b]]).float()
-            ok = logits.argmax(-1) == truth[b][is_answer[b]]
+        logits = backbone.lm_head(hidden[:, :-1][is_answer]).float()  # the batch's answer tokens, row by row
+        per_row = is_answer.sum(dim=1).tolist()
+        right = (logits.argmax(-1) == truth[is_answer]).split(per_row)
+        losses = F.cross_entropy(logits, truth[is_answer], reduction="none").split(per_row)
+        for b, (ok, loss) in enumerate(zip(right, losses)):
             # One answer = one contiguous run of answer tokens; right if every token in it is right.
             runs = torch.diff(is_answer[b].int(), prepend=torch.zeros(1, dtype=torch.int, device=truth.device))
             run_id = torch.cumsum(runs == 1, 0)[is_answer[b]]
-            loss = F.cross_entropy(logits, truth[b][is_answer[b]], reduction="sum").item() if ok.numel() else 0.0
-            yield [bool(ok[run_id == r].all()) for r in run_id.unique()], loss
+            yield [bool(ok[run_id == r].all()) for r in run_id.unique()], float(loss.sum())
     backbone.train(was_training)
 
 

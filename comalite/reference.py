@@ -29,6 +29,7 @@ from .eval.report import format_table
 from .fingerprint import sha256_file
 from .paths import data_dir, shipped
 from .pipeline import stage_config
+from .result import read_result
 from .runs import RUN_FILE, differences, read_record, stage_record
 from .stages import CONTRASTIVE_ONLY, STAGE2, STAGES, get_stage
 
@@ -99,9 +100,11 @@ def _compared(record: dict) -> dict:
 def roots() -> list[Path]:
     """Where references are looked for: ``<data>/references`` (where ``comalite reference`` writes), then the
     shipped ones (the checkout's ``data/references``, or an installed package's copy)."""
-    found = [data_dir() / "references", shipped("references")]
-    return [p for i, p in enumerate(found) if p is not None and p.is_dir() and p.resolve() not in
-            [q.resolve() for q in found[:i] if q is not None]]
+    found: list[Path] = []
+    for folder in (data_dir() / "references", shipped("references")):  # the two are one folder in a checkout
+        if folder is not None and folder.is_dir() and folder.resolve() not in [p.resolve() for p in found]:
+            found.append(folder)
+    return found
 
 
 def find(cfg: Config, root: str | Path | None = None) -> tuple[Path | None, list[str]]:
@@ -133,7 +136,7 @@ def load(folder: str | Path) -> dict:
 
 def lengths(folder: str | Path) -> dict[str, int]:
     """Optimizer steps of each stage of the reference, by stage name."""
-    return {s: json.loads((Path(folder) / s / "result.json").read_text())["metrics"]["steps"] for s in STAGES}
+    return {s: read_result(Path(folder) / s)["metrics"]["steps"] for s in STAGES}
 
 
 def beside(live: dict, reference: dict, models: tuple[str, ...] = ("stage2", "contrastive_only")) -> dict:
@@ -142,9 +145,8 @@ def beside(live: dict, reference: dict, models: tuple[str, ...] = ("stage2", "co
     have scored the same datasets with the same query sampling."""
     for name in models:
         get_stage(name)
-    if [d["name"] for d in live["datasets"]] != [d["name"] for d in reference["datasets"]] \
-            or [d["n_queries"] for d in live["datasets"]] != [d["n_queries"] for d in reference["datasets"]] \
-            or live["sampling"] != reference["sampling"]:
+    scored = lambda results: ([(d["name"], d["n_queries"]) for d in results["datasets"]], results["sampling"])
+    if scored(live) != scored(reference):
         raise ComaliteError("the reference was evaluated on other datasets or queries than this run: evaluate "
                             "both with the same data and eval settings to compare them")
     merged = dict(live, models=[m + suffix for m in models for suffix in ("", CONVERGED)])
