@@ -213,3 +213,22 @@ def test_stage1_by_type_scores_the_vlm_itself_as_its_build_report_did(bench, tin
     hidden = script.score_by_type(None, "tiny-smoke", compression_mask=False, separate_turns=True)
     assert hidden["by_turn"]["1"] == plain["by_turn"]["1"]  # the first turn has no other turn before it
 
+
+
+def test_vqa_by_type_splits_each_dataset_by_question_template(bench, tiny_home, tmp_path):
+    from comalite.config import load_config
+    from comalite.data.sources import eval_datasets
+
+    out = tmp_path / "vqa.json"
+    result = bench("vqa_by_type").main(["--preset", "tiny-smoke", "--models", "base", "--cache", str(tmp_path / "c"),
+                                        "--out", str(out)])
+    sizes = {d.name: len(d.queries) for d in eval_datasets(load_config("tiny-smoke"))}
+    for name in ("SW-VQA", "SW-VQA-Heldout"):
+        rows = result["datasets"][name]
+        assert sum(row["queries"] for row in rows.values()) == sizes[name]
+        assert all(0 <= row["base"]["precision_at_1"] <= 1 and row["chance"] < 1 for row in rows.values())
+    assert not [t for t in result["datasets"]["SW-VQA-Heldout"] if t.startswith("How many")]
+    assert json.loads(out.read_text()) == result
+    rows = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| What")
+            or line.startswith("| Is") or line.startswith("| Where") or line.startswith("| How")]
+    assert len(rows) == sum(len(r) for r in result["datasets"].values())

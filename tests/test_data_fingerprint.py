@@ -7,6 +7,7 @@ import os
 import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -183,3 +184,21 @@ def test_the_fingerprint_benchmark_runs_at_toy_size(bench, tmp_path):
                                             "--out", str(tmp_path / "fingerprint.json")])
     assert [r["images"] for r in rows] == [12]
     assert json.loads((tmp_path / "fingerprint.json").read_text())["rows"] == rows
+
+
+def test_a_trained_run_is_keyed_by_what_it_reads_not_by_the_eval_sets(tiny_config, data_root, tmp_path):
+    """Rebuilt evaluation sets (or a rewritten manifest) keep every trained run; a changed training file does not."""
+    copy = tmp_path / "data"
+    shutil.copytree(data_root, copy)
+    cfg = tiny_config(f"data.root={copy}", "stage2.init=backbone")
+    before = {stage: stage_record(cfg, stage)["fingerprint"] for stage in ("stage1", "stage2")}
+    for path in [copy / "manifest.json", *(copy / "eval").rglob("*.parquet")]:
+        path.write_bytes(path.read_bytes() + b" ")
+    assert {stage: stage_record(cfg, stage)["fingerprint"] for stage in ("stage1", "stage2")} == before
+    dialogues = copy / "stage1" / "dialogues.jsonl"
+    dialogues.write_text("".join(dialogues.read_text().splitlines(keepends=True)[:-1]))  # one dialogue fewer
+    train = next((copy / "train").rglob("*.parquet"))
+    table = pq.read_table(train)
+    pq.write_table(table.slice(0, table.num_rows - 1), train)  # one row fewer
+    after = {stage: stage_record(cfg, stage)["fingerprint"] for stage in ("stage1", "stage2")}
+    assert after["stage1"] != before["stage1"] and after["stage2"] != before["stage2"]

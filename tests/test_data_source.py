@@ -97,10 +97,9 @@ def test_shapesworld_gives_the_folders_it_always_gave(data_root):
     assert ensure_data(cfg) == root == data_root
     assert image_root(cfg, root) == root / "images"
     assert stage1_dialogues_path(cfg) == root / "stage1" / "dialogues.jsonl"
-    assert stage1_files(cfg) == [root / "stage1" / "dialogues.jsonl", root / "manifest.json"]
+    assert stage1_files(cfg) == [root / "stage1" / "dialogues.jsonl"]
     assert sources._train_dir(cfg) == root / "train"
-    assert train_files(cfg)[-1] == root / "manifest.json"
-    assert {f.parent.parent for f in train_files(cfg)[:-1]} == {root / "train"}
+    assert {f.parent.parent for f in train_files(cfg)} == {root / "train"}  # not the manifest, not eval/
     assert eval_root(cfg) == (root / "eval", root / "images")
     assert data_source(cfg).question_language() == cfg.data.language
     two = load_config("tiny-smoke", ["data.language=2"])

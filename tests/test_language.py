@@ -17,6 +17,7 @@ from comalite.records import Dialogue, Turn
 from comalite.shapesworld import build_shapesworld, qa_dialogue, question_template, sample_scene, text_corpus
 from comalite.shapesworld.asking import pick_question, answer_set, dialogue_leaks
 from comalite.shapesworld.language import ANSWERS, DESCRIBE, scene_questions, describe
+from comalite.shapesworld.scene import HELDOUT_COMBOS
 from comalite.tiny.build import blind_baseline, blind_by_template, stage0_dialogues
 
 YESNO = ("Is there an object {place}?", "Is there a {object}?", "Is the {object} {relation} the {object}?")
@@ -118,6 +119,27 @@ def test_language_2_asks_about_present_and_absent_combinations_never_an_absent_h
                                                                    ("green", "cross"), ("blue", "diamond")}
                 asked[t.answer] += 1
     assert 0.4 <= asked["yes"] / sum(asked.values()) <= 0.6
+
+
+def test_language_2_heldout_vqa_asks_nothing_the_heldout_object_gives_away(tmp_path):
+    """Held-out VQA asks about the held-out object; a query-blind embedder must not be able to answer it by the
+    answer prior. Language 1 asked its existence ("yes" every time) and counts (mostly "one")."""
+    build_shapesworld(tmp_path / "sw", seed=5, n_stage1_images=4, n_train_per_subset=4, n_eval_queries=400,
+                      n_candidates=5, image_size=56, language=2)
+    rows = pq.read_table(tmp_path / "sw/eval/SW-VQA-Heldout/test.parquet").to_pylist()
+    answers = defaultdict(Counter)
+    for row in rows:
+        answers[question_template(row["qry_text"].split("question: ")[-1])][row["tgt_text"][0]] += 1
+    assert not [t for t in answers if t.startswith("How many")], answers.keys()
+    for template in ("Is there a {object}?", "What size is the object {place}?"):
+        c = answers[template]
+        assert sum(c.values()) >= 30 and 0.35 <= c["yes" if "Is" in template else "small"] / sum(c.values()) <= 0.65, c
+    named = Counter()  # "no": an absent held-out combination, named here only (never in training text)
+    for row in rows:
+        q = row["qry_text"].split("question: ")[-1]
+        if question_template(q) == "Is there a {object}?":
+            named[tuple(q.removesuffix("?").split()[-2:]) in HELDOUT_COMBOS] += 1
+    assert named[False] == 0, named
 
 
 # ---- language 2: leak-free stage-1 dialogues ----

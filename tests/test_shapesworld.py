@@ -196,7 +196,7 @@ def test_a_folder_of_an_older_format_is_rebuilt_not_misread(world, tmp_path):
     old = {**manifest, "format": 1}
     (folder / "manifest.json").write_text(json.dumps(old))
     assert build_shapesworld(folder, **SMALL) == manifest
-    assert json.loads((folder / "manifest.json").read_text())["format"] == FORMAT == 3
+    assert json.loads((folder / "manifest.json").read_text())["format"] == FORMAT == 4
 
 
 def test_build_refuses_foreign_folder_and_bad_params(tmp_path):

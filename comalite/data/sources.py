@@ -27,7 +27,6 @@ from ..records import Dialogue, EvalDataset, TrainPair
 from .io import data_files, read_dialogues, read_eval_dataset, read_train_subset, sample_rows
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"  # a data root's parameters (ShapesWorld writes one), fingerprinted with its files
 
 
 class DataSource(abc.ABC):
@@ -160,9 +159,9 @@ def stage1_dialogues_path(cfg: Config) -> Path:
 
 
 def stage1_files(cfg: Config) -> list[Path]:
-    """The files stage 1's data is made of (what its run record fingerprints)."""
-    manifest = cfg.data_root() / MANIFEST
-    return [stage1_dialogues_path(cfg)] + ([manifest] if manifest.exists() else [])
+    """The files stage 1's data is made of (what its run record fingerprints): what it reads, nothing else, so
+    that a change to the evaluation sets or the data folder's manifest keeps every trained run."""
+    return [stage1_dialogues_path(cfg)]
 
 
 def stage1_dialogues(cfg: Config) -> list[Dialogue]:
@@ -191,11 +190,9 @@ def train_subsets(cfg: Config) -> tuple[str, ...]:
 
 
 def train_files(cfg: Config) -> list[Path]:
-    """The files stage 2's data is made of (what its run record fingerprints)."""
+    """The files stage 2's data is made of (what its run record fingerprints; see ``stage1_files``)."""
     train_dir = _train_dir(cfg)
-    files = [f for name in train_subsets(cfg) for f in data_files(train_dir / name, "original")]
-    manifest = cfg.data_root() / MANIFEST
-    return files + ([manifest] if manifest.exists() else [])
+    return [f for name in train_subsets(cfg) for f in data_files(train_dir / name, "original")]
 
 
 def stage_images(cfg: Config, stage: str) -> tuple[Path, list[str]]:

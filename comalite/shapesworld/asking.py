@@ -15,7 +15,8 @@ import numpy as np
 from comalite.records import Turn
 
 from .language import (RELATIONS, ANSWERS, CLASSIFY, COUNT, COUNT_LABELS, CROP_TARGET, DESCRIBE, GROUND, I2T,
-                       IMAGE_TARGET, OBJECT_LABELS, T2I, VQA, Question, scene_questions, check_language, describe)
+                       IMAGE_TARGET, OBJECT_LABELS, T2I, VQA, Question, absent_heldout_questions, scene_questions,
+                       check_language, describe)
 from .scene import COLORS, NUMBER_WORDS, PLURALS, POSITIONS, SHAPES, SIZES, STYLES, Scene, pick, sample_scene
 
 
@@ -67,10 +68,26 @@ def pick_question(rng, questions: list[Question], language: int = 1) -> Question
         return pick(rng, [q for q in questions if q.kind == kind])
     while True:
         kind = pick(rng, kinds)
-        # not strict: a held-out VQA image may offer one answer only (an absent held-out combination is never named)
+        # not strict: an image may offer a type with one answer only (VQA must still ask it something)
         q = _pick_balanced(rng, [q for q in questions if q.kind == kind], strict=False)
         if q is not None:
             return q
+
+
+GIVEN_AWAY = ("count", "count color", "count shape")
+"""Question kinds language 2's held-out VQA leaves out: whichever object they ask about, the held-out one present
+makes the count at least one (mostly exactly one), so a query-blind embedder could answer them by the prior."""
+
+
+def heldout_vqa_questions(scene: Scene, k: int, language: int = 1) -> list[Question]:
+    """What held-out VQA may ask of ``scene``, built around its held-out object ``k``: questions whose answer
+    depends on that object. Language 2 also drops those the object gives away (``GIVEN_AWAY``) and balances its
+    existence question ("yes" every time) with absent held-out combinations (``absent_heldout_questions``);
+    language 1 keeps its questions as built."""
+    questions = [q for q in scene_questions(scene) if k in q.about]
+    if language == 1:
+        return [q for q in questions if q.kind != "count"]
+    return [q for q in questions if q.kind not in GIVEN_AWAY] + absent_heldout_questions(scene)
 
 
 # ---- leaks: answers that earlier text of the same dialogue gives away (language 2 avoids them) ----

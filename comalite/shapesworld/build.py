@@ -14,7 +14,7 @@ import numpy as np
 from comalite.data.writers import write_dialogues, write_eval_dataset, write_train_subset
 from comalite.records import DatasetInfo, Dialogue, Turn
 
-from .asking import pick_question, qa_dialogue
+from .asking import heldout_vqa_questions, pick_question, qa_dialogue
 from .language import (ANSWERS, CLASSIFY, COUNT, COUNT_LABELS, CROP_TARGET, DESCRIBE, GROUND, I2T, IMAGE_TARGET,
                        OBJECT_LABELS, T2I, VQA, scene_questions, refer, check_language, describe)
 from .render import render_crop, render
@@ -138,13 +138,11 @@ def _classify_examples(w: _Writer, rng, task, pool, part, n, style, heldout) -> 
 
 def _vqa_examples(w: _Writer, rng, pool, part, n, style, heldout, language: int = 1) -> list[_Example]:
     """One question per image; the candidates are the other answers of the same kind (colors, counts...).
-    Language 2 balances the answers (``language._pick_balanced``)."""
+    Language 2 balances the answers (``asking._pick_balanced``), held-out VQA's too (``heldout_vqa_questions``)."""
     examples = []
     for i in range(n):
         scene, k = _scene_for(w, rng, style, heldout)
-        questions = scene_questions(scene)
-        if heldout:  # only questions whose answer depends on the held-out object ("how many objects" does not)
-            questions = [q for q in questions if k in q.about and q.kind != "count"]
+        questions = heldout_vqa_questions(scene, k, language) if heldout else scene_questions(scene)
         q = pick_question(rng, questions, language)
         others = [a for a in ANSWERS[q.answers] if a != q.turn.answer]
         others = [others[int(j)] for j in rng.permutation(len(others))]
@@ -253,10 +251,11 @@ def _eval_row(e: _Example, rng, n_candidates: int) -> dict:
             "tgt_text": [t for t, _ in candidates], "tgt_img_path": [p for _, p in candidates], "n_hard": n_hard}
 
 
-FORMAT = 3
+FORMAT = 4
 """The layout of a built folder. 2: eval rows say how many near-copies follow the truth (``n_hard``); 3: no
-retrieval row holds two candidates with the same description. A folder of another format is rebuilt (same seed,
-same scenes), never read as if it had the new fields."""
+retrieval row holds two candidates with the same description; 4: language 2's held-out VQA asks no question whose
+answer the held-out object gives away (``asking.GIVEN_AWAY``), so its questions, and its scenes after the first, differ
+from 3's. A folder of another format is rebuilt, never read as if it had the new fields."""
 
 
 def _rng(seed: int, part: str) -> np.random.Generator:

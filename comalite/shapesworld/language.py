@@ -127,9 +127,21 @@ def scene_questions(scene: Scene) -> list[Question]:
             # Absent held-out combinations are never named, so training text never mentions them.
             if (color, shape) in present or (color, shape) not in HELDOUT_COMBOS:
                 about = [i for i, o in enumerate(objs) if (o.color, o.shape) == (color, shape)]
-                article = "an" if color[0] in "aeiou" else "a"
-                add("exists", "yesno", f"Is there {article} {color} {shape}?", yes[bool(about)], about)
+                add("exists", "yesno", _exists(color, shape), yes[bool(about)], about)
     return out
+
+
+def _exists(color: str, shape: str) -> str:
+    return f"Is there {'an' if color[0] in 'aeiou' else 'a'} {color} {shape}?"
+
+
+def absent_heldout_questions(scene: Scene) -> list[Question]:
+    """"Is there a purple triangle?" (answer no) for each held-out combination the scene lacks: for the held-out
+    evaluation only (``scene_questions`` never names an absent one, so training text never does), where they
+    balance the "yes" of the held-out object's own existence question."""
+    present = {(o.color, o.shape) for o in scene.objects}
+    return [Question("exists", "yesno", Turn(_exists(color, shape), "no"), frozenset())
+            for color, shape in HELDOUT_COMBOS if (color, shape) not in present]
 
 
 _TEMPLATE_RULES = (
