@@ -137,7 +137,7 @@ def evaluate_models(cfg: Config, names: list[str] | tuple[str, ...] = MODEL_NAME
         if is_writer():
             rows = {info.name: {"meta_task": info.meta_task, "split": info.split, "source": info.source,
                                 "n_queries": len(data.queries)} for info, data in datasets}
-            check_saved(out, rows, sampling, overwrite=overwrite)
+            check_saved(out, rows, sampling, models=names, overwrite=overwrite)
         models = [embedding_model(cfg, name) for name in names]
         results = evaluate(models, datasets, cache_dir=out / "cache", batch_size=cfg.eval.batch_size, **sampling)
         if is_writer():

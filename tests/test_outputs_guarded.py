@@ -228,6 +228,19 @@ def test_an_eval_of_other_datasets_is_refused_before_any_model_loads_and_overwri
     assert replaced["models"] == ["two"] and [d["name"] for d in replaced["datasets"]] == ["SW-Object"]
 
 
+
+@AT_CHANCE
+def test_an_eval_that_rescores_every_saved_model_replaces_it_on_other_datasets(capsys, tmp_path, fake_models):
+    """Was: after a rebuilt evaluation set, ``comalite demo`` refused its own run folder (its saved table was
+    of the old set), and its --overwrite retrains every stage: re-scoring every model keeps nothing old."""
+    cli(capsys, "eval", *smoke(tmp_path, *EVAL), "--models", "one,two", code=0)
+    other = ("eval.datasets=SW-Object", "eval.max_queries=8")
+    assert "holds an evaluation of other datasets" in cli_error(capsys, "eval", *smoke(tmp_path, *other),
+                                                                "--models", "two")  # "one" would be kept
+    cli(capsys, "eval", *smoke(tmp_path, *other), "--models", "two,one", code=0)
+    replaced = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert replaced["models"] == ["two", "one"] and [d["name"] for d in replaced["datasets"]] == ["SW-Object"]
+
 def test_a_dataset_whose_meta_task_changed_is_refused_before_any_model_loads(capsys, tmp_path, fake_models):
     """Was: the early check compared only the query counts, so a dataset described as another meta-task (or
     split) was refused only after every model had been evaluated, and nothing was saved."""

@@ -3,7 +3,8 @@
 A folder's results are never replaced silently: saving into a folder that already holds an evaluation of
 the same datasets (same sizes, same sampling) MERGES: the models being saved replace their own columns,
 every other model's are kept. A folder holding an evaluation of other datasets or sampling is refused
-(``RunConflictError``, with the differences) unless ``overwrite``."""
+(``RunConflictError``, with the differences) unless ``overwrite``, or unless every model it holds is being
+evaluated again (nothing of it would be kept: a rebuilt evaluation set re-scores a run in place)."""
 from __future__ import annotations
 
 import json
@@ -46,11 +47,18 @@ KNOWN_BEFORE_MODELS = ("meta_task", "split", "source", "n_queries")
 """The fields of a dataset's table row that are known before any model loads (``check_saved`` compares them)."""
 
 
-def check_saved(out_dir: str | Path, datasets: dict[str, dict], sampling: dict, *, overwrite: bool = False) -> None:
-    """Refuse early (before any model loads) an evaluation of ``datasets`` (name -> its ``KNOWN_BEFORE_MODELS``
-    fields) with ``sampling`` that could not be merged with the one saved in ``out_dir`` (the module docstring)."""
+def _replaces(saved: dict, models) -> bool:
+    """Whether an evaluation of ``models`` leaves nothing of ``saved`` to keep (it holds no other model)."""
+    return set(saved["models"]) <= set(models)
+
+
+def check_saved(out_dir: str | Path, datasets: dict[str, dict], sampling: dict, *, models=(),
+                overwrite: bool = False) -> None:
+    """Refuse early (before any model loads) an evaluation of ``models`` on ``datasets`` (name -> its
+    ``KNOWN_BEFORE_MODELS`` fields) with ``sampling`` that could not be merged with the one saved in ``out_dir``
+    (the module docstring)."""
     saved = None if overwrite else _saved(out_dir)
-    if saved is None:
+    if saved is None or _replaces(saved, models):
         return
     old = {row["name"]: {k: row.get(k) for k in KNOWN_BEFORE_MODELS} for row in saved["datasets"]}
     lines = _differences(old, datasets, saved["sampling"], sampling)
@@ -71,10 +79,10 @@ def _differences(old: dict, new: dict, old_sampling: dict, new_sampling: dict) -
 
 def merged_with_saved(results: dict, out_dir: str | Path, *, overwrite: bool = False) -> dict:
     """``results`` merged with the evaluation saved in ``out_dir``: the saved models keep their place and
-    scores, those in ``results`` replace theirs or join at the end. ``results`` itself when nothing is saved
-    or ``overwrite``; a RunConflictError when the saved one covers other datasets, sizes or sampling."""
+    scores, those in ``results`` replace theirs or join at the end. ``results`` itself when nothing is saved,
+    when ``results`` re-scores every saved model, or ``overwrite``; a RunConflictError when the saved one covers other datasets, sizes or sampling."""
     saved = None if overwrite else _saved(out_dir)
-    if saved is None:
+    if saved is None or _replaces(saved, results["models"]):
         return results
     rows = lambda r: {row["name"]: json.loads(json.dumps(row)) for row in r["datasets"]}  # noqa: E731
     old, new = rows(saved), rows(results)
