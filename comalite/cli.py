@@ -190,7 +190,7 @@ def cmd_experiment(args) -> None:
     budgets = _ints(args.budgets, "--budgets", low=1)
     out = args.out or _config(args).run_dir() / "report"
     run_experiment(args.preset, tuple(args.set), Path(out), parts=tuple(args.parts.split(",")), seeds=seeds,
-                   budgets=budgets, overwrite=args.overwrite)
+                   budgets=budgets, overwrite=args.overwrite, finished_only=args.finished_only)
     print((Path(out) / "results.md").read_text())
 
 
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", default="", help="stage-2 steps, comma-separated (the preset's steps always run)")
     p.add_argument("--out", default="", help="folder for results.json, results.md, budget_curve.png "
                                             "(default: <run folder>/report)")
+    p.add_argument("--finished-only", action="store_true", help="train nothing: an interim report of the cells "
+                   "already finished (the grid running in other processes, or over days), naming the others")
     p = add("stage1-data", cmd_stage1_data, "write stage-1 QA dialogues for a folder of real images")
     p.add_argument("--images", required=True, help="folder of images (searched recursively), under data.image_root "
                    "or data.root: the paths written are relative to that folder, as stage 1 reads them")

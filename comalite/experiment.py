@@ -35,12 +35,13 @@ from pathlib import Path
 from .atomic import atomic_write_json, atomic_write_text
 from .compute import equal_compute_steps
 from .config import Config, load_config
-from .errors import ConfigError, RunConflictError
+from .errors import ComaliteError, ConfigError, RunConflictError
 from .experiment_design import ABLATIONS, ARMS, GROUPS, PAIR_CAPS, TRANSFER_SUBSETS
 from .experiment_report import REPORT_FILE, format_report
 from .experiment_stats import paired_difference, primary_comparisons, summarize
 from .pipeline import ensure_stage, evaluate_models, stage_config
-from .result import read_result
+from .eval.report import RESULTS_FILE
+from .result import RESULT_FILE, read_result
 from .runs import differences, read_record, run_lock
 from .stages import CONTRASTIVE_ONLY, STAGE2, Stage
 from .viz import plot_budget_curve, plot_paired_differences
@@ -202,10 +203,18 @@ def check_report_folder(out: Path, settings: dict, *, overwrite: bool = False) -
                                + "\nEither give another --out, or pass --overwrite to replace that report.")
 
 
+def cell_finished(preset: str, overrides: tuple[str, ...], cell: Cell, root: Path) -> bool:
+    """Whether ``cell`` is trained and evaluated (by this process or another one running the grid)."""
+    run = cell_config(preset, overrides, cell, root).run_dir()
+    return (run / cell.stage.name / RESULT_FILE).exists() and (run / "eval" / RESULTS_FILE).exists()
+
+
 def run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts: tuple[str, ...],
-                   seeds: list[int], budgets: list[int], overwrite: bool = False) -> dict:
+                   seeds: list[int], budgets: list[int], overwrite: bool = False, finished_only: bool = False) -> dict:
     """Run (or reuse) every cell, then write ``results.json``, ``results.md`` and the plots into ``out``. Runs live
-    under ``<the base config's run folder>/grid``, so a rerun only does what is missing.
+    under ``<the base config's run folder>/grid``, so a rerun only does what is missing. ``finished_only``: train
+    nothing, report the cells already finished (``cell_finished``) and name the others: an interim report while
+    the grid runs, in other processes or across days.
 
     Before any work: unknown ``parts`` are a ConfigError; a report in ``out`` made with other settings is
     refused unless ``overwrite``; ``out`` is locked until the report is written (a second experiment into it
@@ -217,11 +226,12 @@ def run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts:
     out = Path(out)
     with run_lock(out):
         check_report_folder(out, report_settings(preset, overrides, parts, seeds, budgets), overwrite=overwrite)
-        return _run_experiment(preset, overrides, out, parts=parts, seeds=seeds, budgets=budgets)
+        return _run_experiment(preset, overrides, out, parts=parts, seeds=seeds, budgets=budgets,
+                               finished_only=finished_only)
 
 
 def _run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts: tuple[str, ...],
-                    seeds: list[int], budgets: list[int]) -> dict:
+                    seeds: list[int], budgets: list[int], finished_only: bool) -> dict:
     base = load_config(preset, list(overrides))
     full = base.stage2.train.steps
     # The grid's run folders sit in a folder of their own: inside the preset's stage folders (runs/<name>/stage2,
@@ -230,17 +240,23 @@ def _run_experiment(preset: str, overrides: tuple[str, ...], out: Path, *, parts
     untrained = evaluate_models(base, ["base"])  # the VLM with untrained compression tokens: the floor
     compute = equal_compute_steps(cell_config(preset, overrides, Cell("coma", full, seeds[0]), root)) \
         if "compute" in parts else None
+    cells = grid(parts, seeds, sorted(set(budgets) | {full}), full, compute["contrastive_only_steps"] if compute else 0)
+    missing = [c for c in cells if finished_only and not cell_finished(preset, overrides, c, root)]
     rows = []
-    for cell in grid(parts, seeds, sorted(set(budgets) | {full}), full,
-                     compute["contrastive_only_steps"] if compute else 0):
+    for cell in (c for c in cells if c not in missing):
         log.info("experiment cell %s", cell)
         rows.append(run_cell(preset, overrides, cell, root))
+    if not rows:
+        raise ComaliteError(f"no cell of the grid under {root} is finished yet ({len(cells)} to run): run the "
+                            "experiment without --finished-only")
     if compute:
         compute["coma_minus_longer_contrastive_only"] = equal_compute_differences(rows, full)
     meta = {"base": untrained["aggregates"]["base"], "chance": untrained["chance_aggregates"],
             "floor": untrained["floor_aggregates"]["base"], "equal_compute": compute, "preset": preset,
             "overrides": list(overrides), "seeds": seeds, "budgets": budgets, "full_steps": full, "parts": list(parts),
-            "n_queries": sorted(set(v for r in rows for v in r["n_queries"].values()))}
+            "n_queries": sorted(set(v for r in rows for v in r["n_queries"].values())),
+            "cells": len(cells),
+            "missing": [str(cell_config(preset, overrides, c, root).run_dir().relative_to(root)) for c in missing]}
     summary = summarize(rows)
     meta["primary"] = primary_comparisons(summary, full)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,9 @@ def format_report(summary: list[dict], meta: dict) -> str:
     lines = ["# Does compression help? Miniature results (Precision@1, %)", "",
              f"Preset `{meta['preset']}`, seeds {meta['seeds']}, {meta['n_queries']} queries per dataset. "
              "Mean +- standard deviation over seeds; the difference is paired by seed, with a 95 % t-interval.", ""]
+    if meta.get("missing"):
+        lines += [f"**Interim report:** {meta['cells'] - len(meta['missing'])} of {meta['cells']} cells finished "
+                  f"(`--finished-only`); not yet: {', '.join(meta['missing'])}.", ""]
     if meta.get("primary"):
         lines += primary_section(meta["primary"])
     for split in sorted({e["split"] for e in summary}):

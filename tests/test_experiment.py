@@ -200,3 +200,38 @@ def test_a_report_row_names_the_run_behind_it(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps(record))
     assert _record(tmp_path) == {"fingerprint": record["fingerprint"], "inputs": {"backbone": "2d9c", "data": "0993"}}
     assert _record(tmp_path / "missing") == {"fingerprint": None, "inputs": None}
+
+
+def test_an_interim_report_trains_nothing_and_names_the_cells_not_finished(tmp_path, monkeypatch):
+    """``--finished-only``: only cells whose stage result and evaluation are on disk are reported (another
+    process may be training the rest); none finished is an error that says what to run."""
+    import comalite.experiment as experiment
+    from comalite.errors import ComaliteError
+
+    groups = {"overall": 0.2}
+    monkeypatch.setattr(experiment, "evaluate_models", lambda cfg, models: {
+        "aggregates": {"base": groups}, "chance_aggregates": groups, "floor_aggregates": {"base": groups}})
+    ran = []
+    monkeypatch.setattr(experiment, "run_cell", lambda preset, overrides, cell, root: ran.append(cell) or {
+        **cell.__dict__, "scores": {"SW-Count": 0.3}, "aggregates": {"overall": 0.3 + 0.01 * cell.seed},
+        "train_seconds": 1.0, "train_pairs": 60, "n_queries": {"SW-Count": 24}})
+    overrides = (f"out_dir={tmp_path / 'runs'}",)
+    root = experiment.load_config("tiny-smoke", list(overrides)).run_dir() / "grid"  # where the grid's cells live
+    run = lambda: experiment.run_experiment("tiny-smoke", overrides, tmp_path / "report",  # noqa: E731
+                                            parts=("pairs",), seeds=[0, 1], budgets=[], finished_only=True)
+    with pytest.raises(ComaliteError, match="no cell of the grid .* is finished yet .*without --finished-only"):
+        run()
+    cells = experiment.grid(("pairs",), [0, 1], [12], 12)
+    done = cells[:3]  # seed 0's three arms at 10 pairs a subset
+    for cell in done + cells[3:4]:  # the fourth is trained but not yet evaluated
+        folder = experiment.cell_config("tiny-smoke", overrides, cell, root).run_dir()
+        (folder / cell.stage.name).mkdir(parents=True)
+        (folder / cell.stage.name / "result.json").write_text("{}")
+        if cell in done:
+            (folder / "eval").mkdir()
+            (folder / "eval" / "results.json").write_text("{}")
+    report = run()
+    assert ran == done
+    assert report["meta"]["cells"] == len(cells) == 24 and len(report["meta"]["missing"]) == 21
+    assert "contrastive_only/pairs40-steps12-seed0" in report["meta"]["missing"]
+    assert "**Interim report:** 3 of 24 cells finished" in (tmp_path / "report" / "results.md").read_text()
