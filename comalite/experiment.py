@@ -36,11 +36,11 @@ from .atomic import atomic_write_json, atomic_write_text
 from .compute import equal_compute_steps
 from .config import Config, load_config
 from .errors import ComaliteError, ConfigError, RunConflictError
+from .eval.report import RESULTS_FILE
 from .experiment_design import ABLATIONS, ARMS, GROUPS, PAIR_CAPS, TRANSFER_SUBSETS
 from .experiment_report import REPORT_FILE, format_report
 from .experiment_stats import paired_difference, primary_comparisons, summarize
 from .pipeline import ensure_stage, evaluate_models, stage_config
-from .eval.report import RESULTS_FILE
 from .result import RESULT_FILE, read_result
 from .runs import differences, read_record, run_lock
 from .stages import CONTRASTIVE_ONLY, STAGE2, Stage

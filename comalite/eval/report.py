@@ -80,7 +80,8 @@ def _differences(old: dict, new: dict, old_sampling: dict, new_sampling: dict) -
 def merged_with_saved(results: dict, out_dir: str | Path, *, overwrite: bool = False) -> dict:
     """``results`` merged with the evaluation saved in ``out_dir``: the saved models keep their place and
     scores, those in ``results`` replace theirs or join at the end. ``results`` itself when nothing is saved,
-    when ``results`` re-scores every saved model, or ``overwrite``; a RunConflictError when the saved one covers other datasets, sizes or sampling."""
+    when ``results`` re-scores every saved model, or ``overwrite``; a RunConflictError when the saved one covers
+    other datasets, sizes or sampling."""
     saved = None if overwrite else _saved(out_dir)
     if saved is None or _replaces(saved, results["models"]):
         return results

@@ -254,8 +254,8 @@ def _eval_row(e: _Example, rng, n_candidates: int) -> dict:
 FORMAT = 4
 """The layout of a built folder. 2: eval rows say how many near-copies follow the truth (``n_hard``); 3: no
 retrieval row holds two candidates with the same description; 4: language 2's held-out VQA asks no question whose
-answer the held-out object gives away (``asking.GIVEN_AWAY``), so its questions, and its scenes after the first, differ
-from 3's. A folder of another format is rebuilt, never read as if it had the new fields."""
+answer the held-out object gives away (``asking.GIVEN_AWAY``), so its questions, and its scenes after the first,
+differ from 3's. A folder of another format is rebuilt, never read as if it had the new fields."""
 
 
 def _rng(seed: int, part: str) -> np.random.Generator:
