@@ -30,7 +30,8 @@ its description instead of an image (``--copy`` adds the description asked back:
 a dense copy task); ``--grid-captions N`` adds N scenes captioned place first (``grid_caption``);
 ``--pretrain-text STEPS`` first trains the LM on text lessons (``pretrain_on_text``; ``--stage0-lr`` then sets
 the image stage's own rate); ``--curriculum STEPS`` first on the family's questions about one-object scenes, scored
-on its own (``--probe`` adds linear probes of that phase, ``probe_places``); ``--lm FIELD=INT`` changes the
+on its own (``--probe`` adds linear probes of that phase, ``probe_places``); ``--one-relation STEPS`` first on
+"left of" alone (relations); ``--lm FIELD=INT`` changes the
 language model's shape; ``--whiten E`` whitens the image tokens (shrunk by E times the mean eigenvalue, through
 the merger's last layer); ``--train-vision`` unfreezes the ViT. Held-out scenes, per question type, against the
 honest blind (``tiny.build.blind_by_template``) and, for the place family, the bag of objects
@@ -408,6 +409,20 @@ def run_in(work: Path, args) -> dict:
         for name, row in extra["curriculum"]["by_type"].items():
             print(f"one object: {100 * row['accuracy']:5.1f} % (blind {100 * row['blind']:4.1f}, {row['answers']} "
                   f"answers)  {name}", flush=True)
+    if args.one_relation:  # relations: "left of" alone first, where the answer needs the two places compared but
+        # not the relation word; then all four, where reading the word flips an answer already computed
+        left = [d for d in train if " left of " in d.turns[0].question]
+        history = train_lm(backbone, left, replace(train_cfg, steps=args.one_relation), work / "left_run", objective,
+                           desc="left of")
+        rows = accuracy_by_question_type(backbone, left, [d for d in test if " left of " in d.turns[0].question],
+                                         cfg.stage1)
+        extra["one_relation"] = {"steps": args.one_relation, "relation": "left of",
+                                 "loss_every_50": [round(h["loss"], 4) for h in history[::50]],
+                                 "by_type": {k: {"answers": v["answers"], "accuracy": v["accuracy"],
+                                                 "blind": v["blind"]} for k, v in rows.items()}}
+        for name, row in extra["one_relation"]["by_type"].items():
+            print(f"left of only: {100 * row['accuracy']:5.1f} % (blind {100 * row['blind']:4.1f}, {row['answers']} "
+                  f"answers)  {name}", flush=True)
     if args.pretrain_text:
         extra["text_pretraining"] = pretrain_on_text(backbone, cfg, args, work / "text")
         for name, row in extra["text_pretraining"]["by_type"].items():
@@ -457,6 +472,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="learning rate of the image stage alone (default --lr; after --pretrain-text, 3e-3 spikes)")
     parser.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
                         help="first train this many steps on the family's questions about one-object scenes")
+    parser.add_argument("--one-relation", type=int, default=0, metavar="STEPS",
+                        help="relation family: first STEPS steps on \"left of\" questions alone, then all four")
     parser.add_argument("--probe", action="store_true",
                         help="with --curriculum: probe each layer for the asked place, the object's place, the answer")
     parser.add_argument("--grid-captions", type=int, default=0, metavar="N",
@@ -484,6 +501,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.copy and not args.text:
         parser.error("--copy needs --text")
+    if args.one_relation and args.family != "relation":
+        parser.error("--one-relation needs --family relation")
     if args.probe and not args.curriculum:
         parser.error("--probe needs --curriculum (it probes the one-object phase)")
     if args.text and (args.curriculum or args.grid_captions or args.point is not None):
