@@ -8,7 +8,9 @@ Splits each VQA dataset of the preset's evaluation by ShapesWorld question templ
 its own dataset (``comalite.eval.evaluate_dataset``): Precision@1, and the query-blind score of that part (its
 candidates against the mean of its own queries, i.e. the best a model could do with one fixed guess per type).
 Where a type's Precision@1 is near its query-blind score, the embedder answers that type by its answer prior.
-Embeddings are cached under ``--cache`` (by model and inputs, as ``comalite eval`` caches them).
+Beside it, each model's cosine between the answers of one kind (``ANSWERS``: "small" and "large", the colours,
+...): two answers the model embeds as one cannot be told apart by any query. Embeddings are cached under
+``--cache`` (by model and inputs, as ``comalite eval`` caches them).
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ def by_type(preset: str, models: list[str], datasets: list[str], cache: Path) ->
     missing = sorted(set(datasets) - {d.name for d in chosen})
     if missing:
         raise SystemExit(f"no evaluation dataset named {missing} in preset {preset}")
-    out = {"preset": preset, "models": models, "datasets": {}}
+    out = {"preset": preset, "models": models, "datasets": {}, "answer_cosines": {}}
     for model in (embedding_model(cfg, name) for name in models):
+        out["answer_cosines"][model.name] = answer_cosines(model)
         for data in chosen:
             parts = collections.defaultdict(list)
             for q in data.queries:
@@ -48,10 +51,29 @@ def by_type(preset: str, models: list[str], datasets: list[str], cache: Path) ->
     return out
 
 
+def answer_cosines(model) -> dict:
+    """Mean and largest cosine between two different answers of each answer kind, as ``model`` embeds them."""
+    import numpy as np
+
+    from comalite.shapesworld.language import ANSWERS
+
+    out = {}
+    for kind, words in ANSWERS.items():
+        embedded = model.encode(list(words))
+        cosines = (embedded @ embedded.T)[~np.eye(len(words), dtype=bool)]
+        out[kind] = {"mean": float(cosines.mean()), "max": float(cosines.max())}
+    return out
+
+
 def table(result: dict) -> str:
-    lines = []
+    models = result["models"]
+    lines = ["## Cosine between two answers of one kind (mean / largest)", "",
+             "| answers | " + " | ".join(models) + " |", "|---" * (1 + len(models)) + "|"]
+    for kind in result["answer_cosines"][models[0]]:
+        lines.append(f"| {kind} | " + " | ".join(f"{result['answer_cosines'][m][kind]['mean']:.3f} / "
+                                                  f"{result['answer_cosines'][m][kind]['max']:.3f}" for m in models) + " |")
+    lines.append("")
     for name, rows in result["datasets"].items():
-        models = result["models"]
         lines += [f"## {name}", "", "| question type | queries | chance | top answer | "
                   + " | ".join(f"{m}: P@1 / blind" for m in models) + " |", "|---" * (4 + len(models)) + "|"]
         for template, row in rows.items():

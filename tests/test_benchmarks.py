@@ -228,6 +228,10 @@ def test_vqa_by_type_splits_each_dataset_by_question_template(bench, tiny_home, 
         assert sum(row["queries"] for row in rows.values()) == sizes[name]
         assert all(0 <= row["base"]["precision_at_1"] <= 1 and row["chance"] < 1 for row in rows.values())
     assert not [t for t in result["datasets"]["SW-VQA-Heldout"] if t.startswith("How many")]
+    cosines = result["answer_cosines"]["base"]
+    assert {"size", "yesno", "position"} <= set(cosines)
+    assert all(-1 <= c["mean"] <= c["max"] <= 1 + 1e-6 for c in cosines.values())
+    assert cosines["size"]["mean"] == pytest.approx(cosines["size"]["max"])  # two answers: one cosine
     assert json.loads(out.read_text()) == result
     rows = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| What")
             or line.startswith("| Is") or line.startswith("| Where") or line.startswith("| How")]
