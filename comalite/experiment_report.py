@@ -22,8 +22,10 @@ def format_report(summary: list[dict], meta: dict) -> str:
              f"Preset `{meta['preset']}`, seeds {meta['seeds']}, {meta['n_queries']} queries per dataset. "
              "Mean +- standard deviation over seeds; the difference is paired by seed, with a 95 % t-interval.", ""]
     if meta.get("missing"):
+        shown = ", ".join(meta["missing"][:6]) + (", ..." if len(meta["missing"]) > 6 else "")
         lines += [f"**Interim report:** {meta['cells'] - len(meta['missing'])} of {meta['cells']} cells finished "
-                  f"(`--finished-only`); not yet: {', '.join(meta['missing'])}.", ""]
+                  f"(`--finished-only`); {len(meta['missing'])} not yet ({shown}; all in `results.json`, "
+                  "`meta.missing`).", ""]
     if meta.get("primary"):
         lines += primary_section(meta["primary"])
     for split in sorted({e["split"] for e in summary}):
@@ -94,6 +96,8 @@ def equal_compute_section(eq: dict, groups: list[str]) -> list[str]:
         why = (f"Stage 1 pushes {eq['stage1_tokens']:,.0f} tokens through the model, stage 2 "
                f"{eq['stage2_tokens_per_step']:,.0f} a step (counted, `comalite.compute`): contrastive-only given "
                f"stage 1's tokens as more steps runs {eq['contrastive_only_steps']}. CoMa minus that run:")
+    if not d:  # an interim report before any equal-compute cell finished
+        return ["## Equal total compute", "", why, "", "(no equal-compute cell finished yet)", ""]
     lines = ["## Equal total compute", "", why, "", head, "|---|" + "---:|" * len(groups)]
     for cap, diff in d.items():
         lines.append(f"| {'all' if cap == '0' else cap} | " + " | ".join(difference_cell(diff[g]) for g in groups)

@@ -234,4 +234,14 @@ def test_an_interim_report_trains_nothing_and_names_the_cells_not_finished(tmp_p
     assert ran == done
     assert report["meta"]["cells"] == len(cells) == 24 and len(report["meta"]["missing"]) == 21
     assert "contrastive_only/pairs40-steps12-seed0" in report["meta"]["missing"]
-    assert "**Interim report:** 3 of 24 cells finished" in (tmp_path / "report" / "results.md").read_text()
+    text = (tmp_path / "report" / "results.md").read_text()
+    assert "**Interim report:** 3 of 24 cells finished (`--finished-only`); 21 not yet (" in text
+
+
+def test_an_interim_report_before_any_equal_compute_cell_says_so():
+    from comalite.experiment_report import equal_compute_section
+
+    eq = {"stage1_tokens": 6e6, "stage2_tokens_per_step": 1949.0, "contrastive_only_steps": 4625,
+          "coma_minus_longer_contrastive_only": {}}
+    lines = equal_compute_section(eq, ["overall"])
+    assert "(no equal-compute cell finished yet)" in lines and not any(line.startswith("|") for line in lines)
